@@ -1,0 +1,237 @@
+"""The run configuration: one frozen object, built at the entry point, validated on construction.
+
+Each field carries its help text and the source of its default (`metadata`), so the CLI,
+the README table and config.yaml all speak of the same thing. Precedence: defaults, then
+`--config FILE` (YAML), then command-line flags.
+"""
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import yaml
+
+from curation import reasons
+
+# Placeholder alt-texts: ALIGN §3 names "alt img" as a frequent generic text; the rest are the
+# defaults that CMSs, editors and image tools write when an author gives none (WordPress
+# attachment titles, "untitled" from editors, "spacer"/"pixel" from table layouts, "thumbnail"
+# from galleries). Matched whole, after lowercasing and turning _ and - into spaces.
+DEFAULT_PLACEHOLDERS = (
+    "alt",
+    "alt img",
+    "alt image",
+    "alt text",
+    "banner",
+    "blank",
+    "click here",
+    "default",
+    "dummy",
+    "featured image",
+    "icon",
+    "image",
+    "image description",
+    "image not found",
+    "img alt",
+    "img",
+    "logo",
+    "missing image",
+    "n a",
+    "no image",
+    "no image available",
+    "no photo",
+    "none",
+    "null",
+    "photo",
+    "pic",
+    "picture",
+    "pixel",
+    "placeholder",
+    "spacer",
+    "thumb",
+    "thumbnail",
+    "undefined",
+    "untitled",
+    "untitled image",
+)
+
+
+def _opt(default: Any, help: str, source: str) -> Any:
+    return field(default=default, metadata={"help": help, "source": source})
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Every tunable of a run, with ALIGN's values as defaults."""
+
+    # --- Text rules (ALIGN, Jia et al. 2021, §3).
+    min_unigrams: int = _opt(3, "reject alt-texts with fewer unigrams", "ALIGN §3: < 3 unigrams")
+    max_unigrams: int = _opt(20, "reject alt-texts with more unigrams", "ALIGN §3: > 20 unigrams")
+    placeholder_alt_texts: tuple[str, ...] = _opt(
+        DEFAULT_PLACEHOLDERS,
+        "alt-texts rejected as placeholders (whole-text match, comma-separated)",
+        "ALIGN §3 ('alt img') plus CMS/editor defaults; see README",
+    )
+    text_rules: tuple[str, ...] = _opt(
+        reasons.TEXT_REASONS,
+        "text rules to apply, in order; the first that fails names the reason",
+        "ALIGN §3; boilerplate before length so the ledger names the more specific reason",
+    )
+
+    # --- Extraction caps: guards against hostile pages, each removal counted under a reason.
+    max_images_per_page: int = _opt(
+        5000,
+        "<img> tags read per page; the rest are counted as page_image_cap",
+        "guard: 20x the most <img> tags on any page of ../shared/data/warc (243)",
+    )
+    max_alt_chars: int = _opt(
+        1000,
+        "longer alt attributes are counted as alt_text_oversized, not kept",
+        "guard: 1000 chars exceed 20 unigrams in every script we tokenize",
+    )
+    max_url_chars: int = _opt(
+        2048, "longer image URLs are counted as url_oversized", "guard: de-facto browser limit"
+    )
+    max_html_bytes: int = _opt(
+        20_000_000,
+        "HTML bodies above this (after content decoding) are skipped as body_too_large",
+        "guard: the same 20 MB cap as the image fetcher",
+    )
+
+    # --- URL-table input.
+    url_column: str = _opt("url", "URL column of table inputs", "img2dataset's default name")
+    caption_column: str = _opt(
+        "caption", "caption column of table inputs", "img2dataset's default name"
+    )
+
+    # --- Output.
+    shard_size: int = _opt(
+        10_000, "records per output shard", "img2dataset's and DataComp's 10,000 per shard"
+    )
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if _base_type(f.type) is int and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"config key '{f.name}': expected an integer >= 0, got {value!r}")
+        if self.min_unigrams > self.max_unigrams:
+            raise ConfigError(
+                f"config key 'min_unigrams' ({self.min_unigrams}) exceeds "
+                f"'max_unigrams' ({self.max_unigrams})"
+            )
+        unknown = [r for r in self.text_rules if r not in reasons.TEXT_REASONS]
+        if unknown:
+            raise ConfigError(
+                f"config key 'text_rules': unknown rule {unknown[0]!r} "
+                f"(known: {', '.join(reasons.TEXT_REASONS)})"
+            )
+        if self.shard_size < 1:
+            raise ConfigError("config key 'shard_size': must be at least 1")
+
+    # --- Construction and serialization.
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], origin: str = "config") -> Self:
+        """Build from a flat mapping (YAML or flags), rejecting unknown keys and bad types."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"{origin}: unknown key '{key}' (known: {', '.join(sorted(known))})"
+                )
+            kwargs[name] = coerce(known[name], value, origin)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: str | None, overrides: Mapping[str, Any] | None = None) -> Self:
+        """Defaults, then the YAML file at `path` (if any), then `overrides`."""
+        merged: dict[str, Any] = {}
+        if path is not None:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    data = yaml.safe_load(fh)
+            except OSError as e:
+                raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from e
+            except yaml.YAMLError as e:
+                raise ConfigError(f"config file {path}: not valid YAML ({e})") from e
+            if data is None:
+                data = {}
+            if not isinstance(data, dict):
+                raise ConfigError(f"config file {path}: expected a mapping of keys to values")
+            # Validate the file on its own first so its errors name the file.
+            cls.from_mapping(data, origin=f"config file {path}")
+            merged.update(data)
+        merged.update(overrides or {})
+        return cls.from_mapping(merged)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form, lists for tuples, as written to config.yaml."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML, loadable again with `load`."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def _base_type(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _base_type(args[0])
+    return origin or tp
+
+
+def coerce(f: dataclasses.Field, value: Any, origin: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or raise ConfigError."""
+    base = _base_type(f.type)
+    bad = ConfigError(f"{origin}: key '{f.name}' expects {base.__name__}, got {value!r}")
+    if base is tuple:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise bad
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise bad
+    if base is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                raise bad from None
+        raise bad
+    if base is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    return value
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The fields of CurationConfig, for building CLI flags and docs."""
+    return list(dataclasses.fields(CurationConfig))

@@ -1,0 +1,62 @@
+"""Named reasons and stages: the vocabulary shared by the rejects ledger, stats.json and tests.
+
+Every value here is part of the public output contract. Rename nothing; add new names.
+"""
+
+from __future__ import annotations
+
+# --- Stages, in pipeline order. `--stop-after` takes one of STAGES.
+STAGE_READ = "read"  # archive records / table rows read
+STAGE_EXTRACT = "extract"  # <img> tags and table rows turned into candidates
+STAGE_TEXT = "text"  # per-record text rules (ALIGN §3)
+STAGES = (STAGE_EXTRACT, STAGE_TEXT)
+
+# --- Read stage: why an archive record or file gave no page to extract from.
+RECORD_NOT_RESPONSE = "record_not_response"  # warcinfo, request, metadata, revisit, ...
+RECORD_NOT_HTTP = "record_not_http"  # a response/resource record without an HTTP payload
+HTTP_STATUS_NOT_2XX = "http_status_not_2xx"
+NOT_HTML = "not_html"  # a 2xx response whose Content-Type is not text/html or XHTML
+CONTENT_ENCODING_UNSUPPORTED = "content_encoding_unsupported"
+BODY_TOO_LARGE = "body_too_large"  # decoded body above max_html_bytes
+ARCHIVE_TRUNCATED = "archive_truncated"  # the file ends inside a record
+ARCHIVE_CORRUPT = "archive_corrupt"  # bytes that are not WARC/ARC where a record should start
+NOT_AN_ARCHIVE = "not_an_archive"  # an input file that is neither WARC nor ARC
+TABLE_UNREADABLE = "table_unreadable"
+
+# --- Extract stage: an <img> tag (or table row) that did not become a candidate.
+NO_ALT_TEXT = "no_alt_text"  # <img> without an alt attribute / null caption
+EMPTY_ALT_TEXT = "empty_alt_text"  # alt="" or only whitespace
+ALT_TEXT_OVERSIZED = "alt_text_oversized"  # above max_alt_chars: a cap, not a rule
+NO_IMAGE_URL = "no_image_url"  # no src, srcset or lazy-load attribute
+DATA_URI = "data_uri"  # the image is inline (data:), there is no URL to fetch
+UNSUPPORTED_SCHEME = "unsupported_scheme"  # javascript:, ftp:, file:, about:, ...
+BAD_URL = "bad_url"  # a src that does not resolve to an absolute http(s) URL with a host
+URL_OVERSIZED = "url_oversized"  # above max_url_chars: a cap, not a rule
+DUPLICATE_ON_PAGE = "duplicate_on_page"  # the same (image_url, alt_text) again on one page
+PAGE_IMAGE_CAP = "page_image_cap"  # <img> tags past max_images_per_page on one page
+DUPLICATE_CAPTURE = "duplicate_capture"  # the same (page, image, alt) from another capture/row
+
+# --- Text stage (ALIGN §3 and boilerplate rules); these are ledger reasons.
+TEXT_TOO_SHORT = "text_too_short"
+TEXT_TOO_LONG = "text_too_long"
+TEXT_FILENAME = "text_filename"
+TEXT_DIMENSIONS = "text_dimensions"
+TEXT_URL = "text_url"
+TEXT_PLACEHOLDER = "text_placeholder"
+
+TEXT_REASONS = (
+    TEXT_URL,
+    TEXT_FILENAME,
+    TEXT_DIMENSIONS,
+    TEXT_PLACEHOLDER,
+    TEXT_TOO_SHORT,
+    TEXT_TOO_LONG,
+)
+
+# --- Funnel counter names that are not reasons.
+FILES = "files"
+RECORDS = "records"
+HTML_PAGES = "html_pages"
+TABLE_ROWS = "table_rows"
+IMG_TAGS = "img_tags"
+CANDIDATES = "candidates"

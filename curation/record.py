@@ -1,0 +1,124 @@
+"""The candidate record (one image/alt-text pair) and its Arrow schemas.
+
+Records are frozen: a stage that learns something returns a new record
+(`dataclasses.replace`), and a rejection wraps the record unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+SOURCE_WARC = "warc"
+SOURCE_ARC = "arc"
+SOURCE_TABLE = "table"
+
+
+def candidate_uid(page_url: str, image_url: str, alt_text: str) -> str:
+    """Stable 128-bit hex id of a (page, image, alt-text) triple."""
+    # NUL separators: no URL or alt-text (after whitespace collapsing) can contain one
+    # in a way that makes two different triples hash the same input.
+    key = f"{page_url}\x00{image_url}\x00{alt_text}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(key).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One image/alt-text pair found on a page or in a table row."""
+
+    uid: str
+    page_url: str  # "" for URL-table input, where no page is known
+    image_url: str  # absolute http(s)
+    alt_text: str  # entities decoded, whitespace collapsed
+    page_lang: str | None  # <html lang> or Content-Language, as declared
+    source_kind: str  # SOURCE_WARC / SOURCE_ARC / SOURCE_TABLE
+    source_file: str  # archive or table path as given
+    source_offset: int  # record byte offset in the archive, or row number in the table
+    crawl_date: str | None  # ISO 8601 capture time, when known
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        page_url: str,
+        image_url: str,
+        alt_text: str,
+        page_lang: str | None,
+        source_kind: str,
+        source_file: str,
+        source_offset: int,
+        crawl_date: str | None,
+    ) -> Candidate:
+        """Build a candidate, deriving its uid."""
+        return cls(
+            uid=candidate_uid(page_url, image_url, alt_text),
+            page_url=page_url,
+            image_url=image_url,
+            alt_text=alt_text,
+            page_lang=page_lang,
+            source_kind=source_kind,
+            source_file=source_file,
+            source_offset=source_offset,
+            crawl_date=crawl_date,
+        )
+
+    def provenance_key(self) -> tuple[str, int]:
+        """Sort key that picks the same capture of a duplicated candidate on every runner."""
+        return (self.source_file, self.source_offset)
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a dict matching CANDIDATE_SCHEMA."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a filter refused a candidate: a stage, a reason from curation.reasons, a detail."""
+
+    stage: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A candidate together with the rejection that removed it."""
+
+    candidate: Candidate
+    rejection: Rejection
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a dict matching REJECT_SCHEMA."""
+        row = self.candidate.to_row()
+        row.update(
+            stage=self.rejection.stage,
+            reason=self.rejection.reason,
+            detail=self.rejection.detail,
+        )
+        return row
+
+
+CANDIDATE_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("page_url", pa.string(), nullable=False),
+        pa.field("image_url", pa.string(), nullable=False),
+        pa.field("alt_text", pa.string(), nullable=False),
+        pa.field("page_lang", pa.string()),
+        pa.field("source_kind", pa.string(), nullable=False),
+        pa.field("source_file", pa.string(), nullable=False),
+        pa.field("source_offset", pa.int64(), nullable=False),
+        pa.field("crawl_date", pa.string()),
+    ]
+)
+
+REJECT_SCHEMA = CANDIDATE_SCHEMA.append(pa.field("stage", pa.string(), nullable=False)).append(
+    pa.field("reason", pa.string(), nullable=False)
+).append(pa.field("detail", pa.string(), nullable=False))
+
+# The dataclass and the schema must not drift apart.
+assert [f.name for f in dataclasses.fields(Candidate)] == CANDIDATE_SCHEMA.names

@@ -1,0 +1,246 @@
+"""`curate`: the command line.
+
+    curate run --input PATH_OR_GLOB... --output DIR [--config FILE] [--stop-after STAGE]
+               [--overwrite] [--<config-key> VALUE ...] [Beam pipeline options ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Any
+
+from curation import reasons
+from curation.config import ConfigError, CurationConfig, config_fields
+
+EXIT_USAGE = 2
+
+
+class CurateError(Exception):
+    """A user error, printed as one line without a traceback."""
+
+
+def _quiet_beam() -> None:
+    # Importing Beam without the GCP extra logs a warning about apitools on the root logger,
+    # and the FnApiRunner logs INFO chatter; a newcomer should see only our summary.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
+    for name in ("apache_beam", "apache_beam.runners", "apache_beam.io"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="apache_beam")
+    # With the GCP extra and no credentials, google-auth probes the metadata server for
+    # ~25 s per process; a local run has nothing to find there.
+    os.environ.setdefault("NO_GCE_CHECK", "true")
+
+
+def _config_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for `curate`."""
+    parser = argparse.ArgumentParser(
+        prog="curate",
+        description="ALIGN-style curation of web crawls into image/alt-text pairs (Apache Beam).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="extract, filter and write a dataset",
+        description=(
+            "Read web archives (WARC/ARC, .gz or plain) and/or URL tables (Parquet, CSV, TSV, "
+            "JSONL), extract image/alt-text candidates, apply ALIGN's filters, and write "
+            "OUTPUT/shards (kept), OUTPUT/rejects (ledger), OUTPUT/stats.json and "
+            "OUTPUT/config.yaml. Options not listed here are passed to Apache Beam "
+            "(e.g. --runner, --direct_running_mode=multi_processing, --direct_num_workers)."
+        ),
+        epilog="Example: curate run --input sample/crawl.warc.gz --output out/sample",
+    )
+    run.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH_OR_GLOB",
+        help="archives or tables; globs, folders and gs:// paths work",
+    )
+    run.add_argument("--output", required=True, metavar="DIR", help="output folder")
+    run.add_argument("--config", metavar="FILE", help="YAML file of config keys (see below)")
+    run.add_argument(
+        "--stop-after",
+        choices=reasons.STAGES,
+        default=reasons.STAGES[-1],
+        help="last stage to run: 'extract' keeps every candidate; 'text' ends after the text "
+        "rules (default: %(default)s)",
+    )
+    run.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in the output folder"
+    )
+    group = run.add_argument_group(
+        "config keys", "each also settable in the --config file; flags win over the file"
+    )
+    for f in config_fields():
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default) if len(default) <= 8 else f"{len(default)} entries"
+        group.add_argument(
+            _config_flag(f.name),
+            dest=f"cfg_{f.name}",
+            metavar="VALUE",
+            help=f"{f.metadata['help']} (default: {default}; {f.metadata['source']})",
+        )
+    return parser
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Every file named by the patterns (globs, folders, gs:// paths), each matched once."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found: list[str] = []
+    for pattern in patterns:
+        if "://" not in pattern and os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "*")
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception as e:  # Beam raises BeamIOError subclasses per filesystem
+            raise CurateError(f"--input {pattern!r}: cannot list ({e})") from e
+        files = sorted(
+            m.path
+            for m in matched
+            if not os.path.basename(m.path).startswith(".") and not m.path.endswith(".md")
+        )
+        if not files:
+            raise CurateError(f"--input {pattern!r} matches no file")
+        found.extend(files)
+    return sorted(set(found))
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse an output folder holding a run, unless overwriting; then clear our files."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.run import CONFIG_FILE, REJECTS_DIR, SHARDS_DIR, STATS_FILE
+
+    ours = [FileSystems.join(output, n) for n in (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR)]
+    existing = [p for p in ours if FileSystems.exists(p)]
+    if existing and not overwrite:
+        raise CurateError(
+            f"--output {output!r} already holds a run ({os.path.basename(existing[0])}); "
+            "pass --overwrite to replace it"
+        )
+    if existing:
+        FileSystems.delete(existing)
+
+
+def check_tables(inputs: list[str], cfg: CurationConfig) -> None:
+    """Fail before the run if a URL table lacks the configured columns."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    from curation.extract import is_table_path
+    from curation.tables import TableError, resolve_columns, table_columns
+
+    for path in inputs:
+        if not is_table_path(path):
+            continue
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                columns = table_columns(fh, path)
+            resolve_columns(columns, cfg.url_column, cfg.caption_column, path)
+        except TableError as e:
+            raise CurateError(str(e)) from e
+        except Exception as e:
+            raise CurateError(f"{path}: cannot read as a table ({e})") from e
+
+
+def _row_count(folder: str) -> int:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    total = 0
+    for m in FileSystems.match([FileSystems.join(folder, "*.parquet")])[0].metadata_list:
+        with FileSystems.open(m.path) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def summarize(output: str) -> tuple[str, bool]:
+    """The end-of-run summary, and whether the files satisfy extracted = kept + rejected."""
+    from pipelines.io import join, read_bytes
+    from pipelines.run import REJECTS_DIR, SHARDS_DIR, STATS_FILE
+
+    stats = json.loads(read_bytes(join(output, STATS_FILE)))
+    totals = stats["totals"]
+    kept = _row_count(join(output, SHARDS_DIR))
+    rejected = _row_count(join(output, REJECTS_DIR))
+    ok = totals["extracted"] == kept + rejected and kept == totals["kept"]
+    lines = [
+        f"read: {_fmt(stats['read'])}",
+        f"extract: {_fmt(stats['extract'])}",
+    ]
+    for stage, by_reason in stats["rejected"].items():
+        lines.append(f"rejected at {stage}: {_fmt(by_reason)}")
+    mark = "OK" if ok else "MISMATCH"
+    lines.append(
+        f"invariant {mark}: extracted {totals['extracted']} = kept {kept} + rejected {rejected}"
+        f"  (from the files in {output})"
+    )
+    return "\n".join(lines), ok
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    """`curate run`."""
+    overrides: dict[str, Any] = {
+        k.removeprefix("cfg_"): v
+        for k, v in vars(args).items()
+        if k.startswith("cfg_") and v is not None
+    }
+    try:
+        cfg = CurationConfig.load(args.config, overrides)
+    except ConfigError as e:
+        raise CurateError(str(e)) from e
+    inputs = expand_inputs(args.input)
+    check_tables(inputs, cfg)
+    prepare_output(args.output, args.overwrite)
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.io import join, write_atomic
+    from pipelines.run import CONFIG_FILE, run
+
+    try:
+        options = PipelineOptions(beam_args)
+        options.get_all_options(retain_unknown_options=False)
+    except (SystemExit, ValueError) as e:
+        raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
+    write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
+    print(f"curate: {len(inputs)} input file(s) -> {args.output}", file=sys.stderr)
+    run(inputs, args.output, cfg, options, stop_after=args.stop_after)
+    text, ok = summarize(args.output)
+    print(text)
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `curate` console script."""
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    _quiet_beam()
+    try:
+        if args.command == "run":
+            return cmd_run(args, beam_args)
+    except CurateError as e:
+        print(f"curate: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

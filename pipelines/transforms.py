@@ -1,0 +1,263 @@
+"""The pipeline's composites: each stage one PTransform, each decision delegated to filters/.
+
+Rejected records leave through a tagged output and end in the rejects ledger; funnel
+counts leave as (stage, name, n) tallies and are combined into stats.json.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from curation import reasons
+from curation.config import CurationConfig
+from curation.extract import candidates_from_archive, candidates_from_table, is_table_path
+from curation.record import Candidate, Rejected, Rejection
+from curation.stats import Funnel
+from filters.text import check_candidate
+from pipelines.io import (
+    WriteParquetShardFn,
+    join,
+    manifest_json,
+    parquet_bytes,
+    remove_stale_temporaries,
+    shard_name,
+    write_atomic,
+)
+
+KEPT = "kept"
+REJECTED = "rejected"
+TALLY = "tally"
+
+Tally = tuple[str, str, int]  # (stage, name, n)
+
+
+def _tallies(funnel: Funnel) -> Iterator[beam.pvalue.TaggedOutput]:
+    for (stage, name), n in sorted(funnel.counts.items()):
+        Metrics.counter(stage, name).inc(n)
+        yield beam.pvalue.TaggedOutput(TALLY, (stage, name, n))
+
+
+class ExtractCandidatesFn(beam.DoFn):
+    """One input file (archive or URL table) -> its candidates, and the file's funnel counts."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, path: str) -> Iterator[Any]:
+        funnel = Funnel()
+        read = candidates_from_table if is_table_path(path) else candidates_from_archive
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            yield from read(fh, path, self.cfg, funnel)
+        yield from _tallies(funnel)
+
+
+class ExtractCandidates(beam.PTransform):
+    """Read archives and URL tables; outputs `kept` (candidates) and `tally`."""
+
+    def __init__(self, paths: list[str], cfg: CurationConfig) -> None:
+        super().__init__()
+        self.paths = sorted(paths)
+        self.cfg = cfg
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "List inputs" >> beam.Create(self.paths)
+            # One file per element; the reshuffle spreads files over workers.
+            | "Spread files" >> beam.Reshuffle()
+            | "Extract pairs"
+            >> beam.ParDo(ExtractCandidatesFn(self.cfg)).with_outputs(TALLY, main=KEPT)
+        )
+
+
+class _EarliestCapture(beam.CombineFn):
+    """Per uid: keep the capture with the smallest (file, offset), count the others."""
+
+    def create_accumulator(self) -> tuple[Candidate | None, int]:
+        return (None, 0)
+
+    def add_input(self, acc, candidate: Candidate):
+        best, n = acc
+        if best is None or candidate.provenance_key() < best.provenance_key():
+            best = candidate
+        return (best, n + 1)
+
+    def merge_accumulators(self, accs):
+        best, n = None, 0
+        for b, m in accs:
+            n += m
+            if b is not None and (best is None or b.provenance_key() < best.provenance_key()):
+                best = b
+        return (best, n)
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _split_duplicates(item: tuple[str, tuple[Candidate, int]]) -> Iterator[Any]:
+    _, (best, n) = item
+    yield best
+    if n > 1:
+        yield beam.pvalue.TaggedOutput(
+            TALLY, (reasons.STAGE_EXTRACT, reasons.DUPLICATE_CAPTURE, n - 1)
+        )
+
+
+class DropDuplicateCaptures(beam.PTransform):
+    """One candidate per uid: a page captured twice, or a table row repeated, counts once."""
+
+    def expand(self, candidates):
+        return (
+            candidates
+            | "Key by uid" >> beam.Map(lambda c: (c.uid, c))
+            | "Pick earliest capture" >> beam.CombinePerKey(_EarliestCapture())
+            | "Count duplicates"
+            >> beam.FlatMap(_split_duplicates).with_outputs(TALLY, main=KEPT)
+        )
+
+
+class FilterTextsFn(beam.DoFn):
+    """Apply the per-record text rules; a failing candidate goes to the `rejected` output."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        self.cfg = cfg
+
+    def process(self, candidate: Candidate) -> Iterator[Any]:
+        rejection = check_candidate(candidate, self.cfg)
+        if rejection is None:
+            yield candidate
+        else:
+            Metrics.counter(rejection.stage, rejection.reason).inc()
+            yield beam.pvalue.TaggedOutput(REJECTED, Rejected(candidate, rejection))
+
+
+class FilterTexts(beam.PTransform):
+    """ALIGN's per-record text rules (§3); outputs `kept` and `rejected`."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        return candidates | "Apply text rules" >> beam.ParDo(FilterTextsFn(self.cfg)).with_outputs(
+            REJECTED, main=KEPT
+        )
+
+
+def _rejection_tally(r: Rejected) -> Tally:
+    return (f"rejected:{r.rejection.stage}", r.rejection.reason, 1)
+
+
+class CountFunnel(beam.PTransform):
+    """Combine extraction tallies, kept and rejected records into one Funnel."""
+
+    def __init__(self, kept, rejected) -> None:
+        super().__init__()
+        self.kept = kept
+        self.rejected = rejected
+
+    def expand(self, tallies):
+        kept = self.kept | "Tally kept" >> beam.Map(lambda _: ("kept", "kept", 1))
+        rejected = self.rejected | "Tally rejected" >> beam.Map(_rejection_tally)
+        return (
+            (tallies, kept, rejected)
+            | "All tallies" >> beam.Flatten()
+            | "Sum tallies" >> beam.CombineGlobally(FunnelCombineFn())
+        )
+
+
+class FunnelCombineFn(beam.CombineFn):
+    """(stage, name, n) tallies -> Funnel; merging is addition, so any order agrees."""
+
+    def create_accumulator(self) -> Funnel:
+        return Funnel()
+
+    def add_input(self, acc: Funnel, tally: Tally) -> Funnel:
+        acc.add(*tally)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[Funnel]) -> Funnel:
+        return Funnel.merge_all(accs)
+
+    def extract_output(self, acc: Funnel) -> Funnel:
+        return acc
+
+
+class WriteShards(beam.PTransform):
+    """Write records as `{shard:05d}.parquet` files sorted by uid, plus manifest.json.
+
+    Records go to shard hash(uid) mod ceil(count / shard_size): the shard of a record
+    depends on its uid and the total alone, so every runner writes the same files.
+    """
+
+    def __init__(self, directory: str, schema: pa.Schema, shard_size: int) -> None:
+        super().__init__()
+        self.directory = directory
+        self.schema = schema
+        self.shard_size = shard_size
+
+    def expand(self, records):
+        rows = records | "To rows" >> beam.Map(lambda r: r.to_row())
+        count = rows | "Count" >> beam.combiners.Count.Globally()
+        shards = (
+            rows
+            | "Assign shard"
+            >> beam.Map(
+                lambda row, n: (_shard_of(row["uid"], n, self.shard_size), row),
+                n=beam.pvalue.AsSingleton(count),
+            )
+            | "Group shard" >> beam.GroupByKey()
+            | "Write shard" >> beam.ParDo(WriteParquetShardFn(self.directory, self.schema))
+        )
+        return (
+            shards
+            | "Collect manifest" >> beam.combiners.ToList()
+            | "Write manifest" >> beam.Map(_finish_shards, self.directory, self.schema)
+        )
+
+
+def _shard_of(uid: str, count: int, shard_size: int) -> int:
+    n_shards = max(1, math.ceil(count / shard_size))
+    return int(uid[:12], 16) % n_shards
+
+
+def _finish_shards(entries: list[dict[str, Any]], directory: str, schema: pa.Schema) -> int:
+    if not entries:
+        # An empty result still gets one (empty) shard, so readers find the schema.
+        import hashlib
+
+        data = parquet_bytes([], schema)
+        name = shard_name(0, ".parquet")
+        write_atomic(join(directory, name), data)
+        entries = [{"shard": name, "count": 0, "sha256": hashlib.sha256(data).hexdigest()}]
+    write_atomic(join(directory, "manifest.json"), manifest_json(entries))
+    remove_stale_temporaries(directory)
+    return sum(e["count"] for e in entries)
+
+
+def write_stats(funnel: Funnel, path: str) -> Funnel:
+    """Write the funnel to stats.json."""
+    write_atomic(path, funnel.to_json().encode())
+    return funnel
+
+
+__all__ = [
+    "KEPT",
+    "REJECTED",
+    "TALLY",
+    "CountFunnel",
+    "DropDuplicateCaptures",
+    "ExtractCandidates",
+    "FilterTexts",
+    "Rejection",
+    "WriteShards",
+    "write_stats",
+]
