@@ -158,10 +158,7 @@ def _iter_warc_blocks(stream: BinaryIO) -> Iterator[_RawRecord]:
 def _iter_arc_blocks(stream: BinaryIO) -> Iterator[_RawRecord]:
     it = WarcioIterator(stream, arc2warc=True, no_record_parse=True)
     for record in it:
-        if record.rec_type == "warcinfo":
-            declared = None
-        else:
-            declared = record.length
+        declared = None if record.rec_type == "warcinfo" else record.length
         block = record.raw_stream.read()
         yield (
             "response" if record.rec_type == "response" else record.rec_type,
@@ -223,9 +220,7 @@ def _dechunk(body: bytes) -> bytes | None:
             pos += 1
 
 
-def decode_body(
-    headers: tuple[tuple[str, str], ...], body: bytes, max_bytes: int
-) -> bytes | str:
+def decode_body(headers: tuple[tuple[str, str], ...], body: bytes, max_bytes: int) -> bytes | str:
     """Undo transfer and content encodings; return the payload, or a read-stage reason."""
     hmap = dict(headers)
     if "chunked" in hmap.get("transfer-encoding", "").lower():

@@ -8,6 +8,7 @@ decodes entities and survives broken markup the way browsers do.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -191,11 +192,10 @@ def extract_images(
     base = tree.css_first("base[href]")
     if base is not None:
         href = (base.attributes.get("href") or "").strip(_URL_STRIP)
+        # An unusable <base> is ignored, as browsers do.
         if href:
-            try:
+            with contextlib.suppress(ValueError):
                 base_url = urljoin(page_url, href)
-            except ValueError:
-                pass  # an unusable <base> is ignored, as browsers do
     skipped: dict[str, int] = {}
     pairs: list[ImagePair] = []
     seen: set[tuple[str, str]] = set()

@@ -116,9 +116,11 @@ CANDIDATE_SCHEMA = pa.schema(
     ]
 )
 
-REJECT_SCHEMA = CANDIDATE_SCHEMA.append(pa.field("stage", pa.string(), nullable=False)).append(
-    pa.field("reason", pa.string(), nullable=False)
-).append(pa.field("detail", pa.string(), nullable=False))
+REJECT_SCHEMA = (
+    CANDIDATE_SCHEMA.append(pa.field("stage", pa.string(), nullable=False))
+    .append(pa.field("reason", pa.string(), nullable=False))
+    .append(pa.field("detail", pa.string(), nullable=False))
+)
 
 # The dataclass and the schema must not drift apart.
 assert [f.name for f in dataclasses.fields(Candidate)] == CANDIDATE_SCHEMA.names

@@ -36,7 +36,9 @@ def _text_stream(stream: BinaryIO, path: str) -> io.TextIOWrapper:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
 
 
-def resolve_columns(columns: list[str], url_col: str, caption_col: str, path: str) -> tuple[str, str]:
+def resolve_columns(
+    columns: list[str], url_col: str, caption_col: str, path: str
+) -> tuple[str, str]:
     """Pick the URL and caption columns, falling back to img2dataset's URL/TEXT names."""
     picked = []
     for wanted in (url_col, caption_col):

@@ -10,6 +10,7 @@ token, which is why a Thai alt-text rarely trips the 3-unigram minimum or the 20
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -30,4 +31,4 @@ def tokenize(text: str) -> list[str]:
 
 def bigrams(tokens: list[str]) -> list[str]:
     """Adjacent token pairs, joined by a space."""
-    return [f"{a} {b}" for a, b in zip(tokens, tokens[1:], strict=False)]
+    return [f"{a} {b}" for a, b in itertools.pairwise(tokens)]

@@ -1,7 +1,7 @@
 """`curate`: the command line.
 
-    curate run --input PATH_OR_GLOB... --output DIR [--config FILE] [--stop-after STAGE]
-               [--overwrite] [--<config-key> VALUE ...] [Beam pipeline options ...]
+curate run --input PATH_OR_GLOB... --output DIR [--config FILE] [--stop-after STAGE]
+           [--overwrite] [--<config-key> VALUE ...] [Beam pipeline options ...]
 """
 
 from __future__ import annotations

@@ -58,8 +58,10 @@ def build_pipeline(
     _ = rejected | "Write rejects ledger" >> WriteShards(
         join(output, REJECTS_DIR), REJECT_SCHEMA, cfg.shard_size
     )
-    funnel = tuple(tallies) | "All tallies" >> beam.Flatten() | "Count funnel" >> CountFunnel(
-        kept, rejected
+    funnel = (
+        tuple(tallies)
+        | "All tallies" >> beam.Flatten()
+        | "Count funnel" >> CountFunnel(kept, rejected)
     )
     _ = funnel | "Write stats" >> beam.Map(write_stats, join(output, STATS_FILE))
 
@@ -75,10 +77,15 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
     runner = options.view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
         return None  # Beam resolves it by name
+    from apache_beam.options.pipeline_options import WorkerOptions
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
+    worker = options.view_as(WorkerOptions)
+    if worker.default_sdk_harness_log_level is None:
+        # multi_processing workers otherwise log every gRPC channel at INFO to our stderr.
+        worker.default_sdk_harness_log_level = "WARNING"
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = fn_runner.ExtendedProvisionInfo(
         beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)

@@ -119,8 +119,7 @@ class DropDuplicateCaptures(beam.PTransform):
             candidates
             | "Key by uid" >> beam.Map(lambda c: (c.uid, c))
             | "Pick earliest capture" >> beam.CombinePerKey(_EarliestCapture())
-            | "Count duplicates"
-            >> beam.FlatMap(_split_duplicates).with_outputs(TALLY, main=KEPT)
+            | "Count duplicates" >> beam.FlatMap(_split_duplicates).with_outputs(TALLY, main=KEPT)
         )
 
 

@@ -1,0 +1,227 @@
+"""`curate run` end to end on the bundled sample, checked from the output files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from curation import reasons
+from curation.config import CurationConfig
+from pipelines.cli import main
+from tests.conftest import LAION_PARQUET, ROOT, SAMPLE_WARC, WARC_DIR, require
+
+# From scripts/make_sample_warc.py's docstring: what each page must keep.
+SAMPLE_KEPT = {
+    "a red fox sitting in the snow at dawn",
+    "a barn owl perched on a fence post at dusk",
+    "a barn owl in flight over a frosty meadow",
+    "fish & chips served with mushy peas and lemon",
+    "a bowl of fresh strawberries on a wooden table",
+    "homemade crème brûlée with a caramelised sugar crust",
+    "sunset over the harbour with fishing boats",
+    "a plate of pasta with tomato sauce and fresh basil",
+    "a loaf of sourdough bread cooling on a wire rack",
+    "snow covered peaks of the alps under a clear blue sky",
+    "a wooden rowing boat on a calm mountain lake",
+    "a narrow cobbled street in an old harbour town",
+    "Ein alter Leuchtturm an der stürmischen Nordseeküste",
+    "Zwei Wanderer auf einem schmalen Pfad im Hochgebirge",
+    "une tasse de café crème sur une table en terrasse",
+    "un croissant doré posé sur une assiette blanche",
+    "Der „Große Wagen“ über einem verschneiten Dorf im Schwarzwald",
+    "富士山と桜の花が咲く春の風景",
+    "Красная площадь в Москве зимним вечером",
+}
+SAMPLE_REJECTED = {
+    "logo": reasons.TEXT_PLACEHOLDER,
+    "IMG_0042.JPG": reasons.TEXT_FILENAME,
+    "spacer": reasons.TEXT_PLACEHOLDER,
+    "a cat": reasons.TEXT_TOO_SHORT,
+    "photo.png": reasons.TEXT_FILENAME,
+    "224x224": reasons.TEXT_DIMENSIONS,
+    "1920 x 1080": reasons.TEXT_DIMENSIONS,
+    "https://example.com/a.jpg": reasons.TEXT_URL,
+    "jpg": reasons.TEXT_FILENAME,
+    "image": reasons.TEXT_PLACEHOLDER,
+    "alt img": reasons.TEXT_PLACEHOLDER,
+    "untitled": reasons.TEXT_PLACEHOLDER,
+    "thumbnail": reasons.TEXT_PLACEHOLDER,
+    "Bild": reasons.TEXT_TOO_SHORT,
+    "café crème": reasons.TEXT_TOO_SHORT,
+    "Foto": reasons.TEXT_TOO_SHORT,
+    "фото": reasons.TEXT_TOO_SHORT,
+}
+
+
+def read_rows(folder: Path) -> list[dict]:
+    rows: list[dict] = []
+    for f in sorted(folder.glob("*.parquet")):
+        rows.extend(pq.read_table(f).to_pylist())
+    return rows
+
+
+def check_invariant(out: Path) -> tuple[list[dict], list[dict], dict]:
+    """extracted = kept + Σ rejected, each uid exactly once, checked from the files alone."""
+    kept, rejected = read_rows(out / "shards"), read_rows(out / "rejects")
+    stats = json.loads((out / "stats.json").read_text())
+    uids = [r["uid"] for r in kept] + [r["uid"] for r in rejected]
+    assert len(uids) == len(set(uids))
+    assert stats["totals"]["extracted"] == len(kept) + len(rejected)
+    assert stats["totals"]["kept"] == len(kept)
+    by_reason: dict[str, int] = {}
+    for r in rejected:
+        assert r["reason"] and r["stage"]
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    assert by_reason == {
+        reason: n for stage in stats["rejected"].values() for reason, n in stage.items()
+    }
+    assert stats["totals"]["balanced"] is True
+    for folder in ("shards", "rejects"):
+        manifest = json.loads((out / folder / "manifest.json").read_text())
+        for entry in manifest["shards"]:
+            data = (out / folder / entry["shard"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        assert not list((out / folder).glob(".tmp-*"))
+    return kept, rejected, stats
+
+
+def run_cli(*args: str) -> int:
+    return main(["run", *args])
+
+
+def test_sample_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out)) == 0
+    kept, rejected, stats = check_invariant(out)
+    assert {r["alt_text"] for r in kept} == SAMPLE_KEPT
+    assert {r["alt_text"]: r["reason"] for r in rejected} == {
+        **SAMPLE_REJECTED,
+        next(r["alt_text"] for r in rejected if r["reason"] == reasons.TEXT_TOO_LONG): (
+            reasons.TEXT_TOO_LONG
+        ),
+    }
+    assert stats["extract"][reasons.DUPLICATE_CAPTURE] == 6
+    assert stats["read"][reasons.HTML_PAGES] == 9
+    printed = capsys.readouterr().out
+    assert "invariant OK: extracted 38 = kept 19 + rejected 19" in printed
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert CurationConfig.from_mapping(cfg) == CurationConfig()
+
+
+def test_rerun_gives_identical_bytes_and_needs_overwrite(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out)) == 0
+    first = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out)) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out), "--overwrite") == 0
+    assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == first
+
+
+def test_multi_processing_gives_identical_shards(tmp_path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(a)) == 0
+    assert (
+        run_cli(
+            "--input",
+            str(SAMPLE_WARC),
+            "--output",
+            str(b),
+            "--direct_running_mode=multi_processing",
+            "--direct_num_workers=2",
+        )
+        == 0
+    )
+    for folder in ("shards", "rejects"):
+        assert (a / folder / "00000.parquet").read_bytes() == (
+            b / folder / "00000.parquet"
+        ).read_bytes()
+    assert (a / "stats.json").read_text() == (b / "stats.json").read_text()
+
+
+def test_stop_after_extract_keeps_every_candidate(tmp_path) -> None:
+    out = tmp_path / "out"
+    assert (
+        run_cli("--input", str(SAMPLE_WARC), "--output", str(out), "--stop-after", "extract") == 0
+    )
+    kept, rejected, _ = check_invariant(out)
+    assert (len(kept), len(rejected)) == (38, 0)
+
+
+def test_config_file_and_flags(tmp_path) -> None:
+    conf = tmp_path / "c.yaml"
+    conf.write_text("min_unigrams: 1\ntext_rules: [text_too_short, text_too_long]\n")
+    out = tmp_path / "out"
+    args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--config", str(conf)]
+    assert run_cli(*args, "--max-unigrams", "5") == 0
+    kept, rejected, _ = check_invariant(out)
+    assert {r["reason"] for r in rejected} == {reasons.TEXT_TOO_LONG}
+    assert "jpg" in {r["alt_text"] for r in kept}
+    assert yaml.safe_load((out / "config.yaml").read_text())["max_unigrams"] == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "nowhere/*.warc.gz"], "matches no file"),
+        (["--input", "{sample}", "--config", "{bad_config}"], "unknown key 'min_unigram'"),
+        (["--input", "{sample}", "--min-unigrams", "many"], "key 'min_unigrams' expects int"),
+        (["--input", "{csv}"], "no column 'url'"),
+    ],
+)
+def test_errors_are_one_line(tmp_path, capsys, args: list[str], message: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("min_unigram: 3\n")
+    csv = tmp_path / "t.csv"
+    csv.write_text("link,text\nhttps://a.example/x.jpg,a photo of a cat\n")
+    args = [a.format(sample=SAMPLE_WARC, bad_config=bad, csv=csv) for a in args]
+    assert run_cli(*args, "--output", str(tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("curate: error: ") and message in err[0]
+    assert not (tmp_path / "out" / "stats.json").exists()
+
+
+def test_all_real_archives_and_a_table_together(tmp_path) -> None:
+    require(WARC_DIR)
+    require(LAION_PARQUET)
+    out = tmp_path / "out"
+    assert run_cli("--input", str(WARC_DIR), str(LAION_PARQUET), "--output", str(out)) == 0
+    kept, _, stats = check_invariant(out)
+    assert stats["read"][reasons.FILES] == 18
+    assert stats["read"][reasons.ARCHIVE_CORRUPT] == 1
+    assert {r["source_kind"] for r in kept} == {"warc", "table"}
+    assert len(kept) > 900
+
+
+def test_console_script_help_and_run(tmp_path) -> None:
+    curate = Path(sys.executable).parent / "curate"
+    if not curate.exists():
+        pytest.skip("the curate console script is not installed in this environment")
+    out = subprocess.run([curate, "run", "--help"], capture_output=True, text=True, check=True)
+    assert "--stop-after" in out.stdout and "--min-unigrams" in out.stdout
+    res = subprocess.run(
+        [curate, "run", "--input", str(SAMPLE_WARC), "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "invariant OK" in res.stdout
+    # A newcomer sees our summary, not Beam's log noise.
+    assert "WARNING" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_bundled_sample_is_reproducible(tmp_path) -> None:
+    target = tmp_path / "crawl.warc.gz"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_sample_warc.py"), "--output", str(target)],
+        check=True,
+        capture_output=True,
+    )
+    assert target.read_bytes() == SAMPLE_WARC.read_bytes()
