@@ -63,6 +63,9 @@ def _opt(default: Any, help: str, source: str) -> Any:
     return field(default=default, metadata={"help": help, "source": source})
 
 
+LANGUAGE_DETECTORS = ("langdetect", "cld2")
+
+
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the offending key."""
 
@@ -83,6 +86,44 @@ class CurationConfig:
         reasons.TEXT_REASONS,
         "text rules to apply, in order; the first that fails names the reason",
         "ALIGN §3; boilerplate before length so the ledger names the more specific reason",
+    )
+
+    # --- Dataset-wide text rules (ALIGN §3) and language.
+    max_images_per_text: int = _opt(
+        10,
+        "reject alt-texts shared by more distinct images (0 disables)",
+        "ALIGN §3: alt-texts shared by more than 10 images",
+    )
+    vocab_size: int = _opt(
+        100_000_000,
+        "vocabulary: the most frequent unigrams and bigrams of the run's raw alt-texts",
+        "ALIGN §3: the 100 million most frequent unigrams and bigrams",
+    )
+    vocab_min_count: int = _opt(
+        1,
+        "vocabulary tokens must occur at least this often (1: every token, as at small "
+        "scale the top-N keeps everything)",
+        "ALIGN §3 implies 1; raise it on small crawls to see the rule act",
+    )
+    vocab_ngrams: int = _opt(
+        2,
+        "check unigrams (1) or unigrams and bigrams (2) of each alt-text against the vocabulary",
+        "ALIGN §3: unigrams and bigrams",
+    )
+    detect_language: bool = _opt(
+        True,
+        "detect each kept alt-text's language (text_lang column)",
+        "the issue tracker's language column; off saves the detector's time",
+    )
+    language_detector: str = _opt(
+        "langdetect",
+        "langdetect (seeded, deterministic) or cld2 (pycld2, compiled model, faster)",
+        "langdetect: the common baseline; see BENCHMARKS.md for cld2",
+    )
+    languages: tuple[str, ...] = _opt(
+        (),
+        "keep only alt-texts detected in these languages (comma-separated; empty: all)",
+        "ALIGN's multilingual model keeps every language",
     )
 
     # --- Extraction caps: guards against hostile pages, each removal counted under a reason.
@@ -134,6 +175,17 @@ class CurationConfig:
                 f"config key 'text_rules': unknown rule {unknown[0]!r} "
                 f"(known: {', '.join(reasons.TEXT_REASONS)})"
             )
+        if self.vocab_ngrams not in (1, 2):
+            raise ConfigError("config key 'vocab_ngrams': must be 1 or 2")
+        if self.vocab_min_count < 1:
+            raise ConfigError("config key 'vocab_min_count': must be at least 1")
+        if self.language_detector not in LANGUAGE_DETECTORS:
+            raise ConfigError(
+                f"config key 'language_detector': unknown {self.language_detector!r} "
+                f"(known: {', '.join(LANGUAGE_DETECTORS)})"
+            )
+        if self.languages and not self.detect_language:
+            raise ConfigError("config key 'languages' needs detect_language: true")
         if self.shard_size < 1:
             raise ConfigError("config key 'shard_size': must be at least 1")
 

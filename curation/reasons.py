@@ -44,6 +44,11 @@ TEXT_DIMENSIONS = "text_dimensions"
 TEXT_URL = "text_url"
 TEXT_PLACEHOLDER = "text_placeholder"
 
+# Dataset-wide text rules (ALIGN §3): they need counts over every candidate of the run.
+TEXT_ON_MANY_IMAGES = "text_on_too_many_images"  # the same alt-text on > max_images_per_text
+TEXT_RARE_TOKEN = "text_rare_token"  # a unigram/bigram outside the vocabulary
+LANGUAGE_NOT_SELECTED = "language_not_selected"  # --languages given, text in another one
+
 TEXT_REASONS = (
     TEXT_URL,
     TEXT_FILENAME,

@@ -39,6 +39,7 @@ class Candidate:
     source_file: str  # archive or table path as given
     source_offset: int  # record byte offset in the archive, or row number in the table
     crawl_date: str | None  # ISO 8601 capture time, when known
+    text_lang: str | None = None  # language detected from the alt-text (text stage)
 
     @classmethod
     def create(
@@ -113,6 +114,7 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field("source_file", pa.string(), nullable=False),
         pa.field("source_offset", pa.int64(), nullable=False),
         pa.field("crawl_date", pa.string()),
+        pa.field("text_lang", pa.string()),
     ]
 )
 

@@ -1,8 +1,8 @@
 """The tokenizer the text rules count with: Unicode-aware, lowercased, punctuation split off.
 
-Words are runs of letters, digits and marks (`\\w`), so punctuation and symbols separate
-tokens and are not tokens themselves. Scripts written without spaces get one token per
-character for Han, Hiragana and Katakana, as BERT's BasicTokenizer does for CJK
+Words are runs of letters, digits and marks (`\\w` less `_`), so punctuation, `_` and
+symbols separate tokens and are not tokens themselves. Scripts written without spaces get
+one token per character for Han, Hiragana and Katakana, as BERT's BasicTokenizer does for CJK
 (`_tokenize_chinese_chars`): "富士山の桜" is 5 unigrams, and bigrams over them are character
 bigrams. Thai, Lao, Khmer and Myanmar have no such simple split; a run of them stays one
 token, which is why a Thai alt-text rarely trips the 3-unigram minimum or the 20 maximum.
@@ -20,7 +20,7 @@ _CJK = (
     "\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
     "\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002fa1f"
 )
-_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+_TOKEN_RE = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 
 
 def tokenize(text: str) -> list[str]:

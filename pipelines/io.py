@@ -78,7 +78,7 @@ class WriteParquetShardFn(beam.DoFn):
 
 
 def manifest_json(entries: list[dict[str, Any]]) -> bytes:
-    """manifest.json: every shard with its sample count and checksum, in name order."""
+    """_manifest.json: every shard with its sample count and checksum, in name order."""
     ordered = sorted(entries, key=lambda e: e["shard"])
     doc = {"shards": ordered, "total": sum(e["count"] for e in ordered)}
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()

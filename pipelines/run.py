@@ -13,6 +13,7 @@ from apache_beam.runners.runner import PipelineRunner
 from curation import reasons
 from curation.config import CurationConfig
 from curation.record import CANDIDATE_SCHEMA, REJECT_SCHEMA
+from pipelines.dataset_rules import DetectLanguage, RejectRareTokens, RejectSharedTexts
 from pipelines.io import join
 from pipelines.transforms import (
     KEPT,
@@ -46,10 +47,9 @@ def build_pipeline(
     kept = unique[KEPT]
     rejected_parts = []
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_TEXT):
-        texts = kept | "Filter texts" >> FilterTexts(cfg)
-        kept = texts[KEPT]
-        rejected_parts.append(texts[REJECTED])
-    # Seam for later stages (dataset-wide text rules, images): each adds its rejected output.
+        kept, text_rejected = _text_stage(kept, raw=unique[KEPT], cfg=cfg)
+        rejected_parts.extend(text_rejected)
+    # Seam for later stages (images): each adds its rejected output.
     rejected = tuple(rejected_parts) | "All rejected" >> beam.Flatten(pipeline=p)
 
     _ = kept | "Write shards" >> WriteShards(
@@ -64,6 +64,30 @@ def build_pipeline(
         | "Count funnel" >> CountFunnel(kept, rejected)
     )
     _ = funnel | "Write stats" >> beam.Map(write_stats, join(output, STATS_FILE))
+
+
+def _text_stage(candidates, raw, cfg: CurationConfig):
+    """Per-record rules first (cheap), then the dataset-wide ones, language ID last (dear).
+
+    The dataset-wide counts run over `raw`, every candidate of the run, as ALIGN counted
+    over its raw data; the rules apply to the survivors of the per-record rules.
+    """
+    rejected = []
+    per_record = candidates | "Filter texts" >> FilterTexts(cfg)
+    rejected.append(per_record[REJECTED])
+    kept = per_record[KEPT]
+    if cfg.max_images_per_text:
+        shared = kept | "Reject shared texts" >> RejectSharedTexts(raw, cfg)
+        rejected.append(shared[REJECTED])
+        kept = shared[KEPT]
+    rare = kept | "Reject rare tokens" >> RejectRareTokens(raw, cfg)
+    rejected.append(rare[REJECTED])
+    kept = rare[KEPT]
+    if cfg.detect_language:
+        lang = kept | "Language" >> DetectLanguage(cfg)
+        rejected.append(lang[REJECTED])
+        kept = lang[KEPT]
+    return kept, rejected
 
 
 def make_runner(options: PipelineOptions) -> PipelineRunner | None:

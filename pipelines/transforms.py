@@ -191,7 +191,7 @@ class FunnelCombineFn(beam.CombineFn):
 
 
 class WriteShards(beam.PTransform):
-    """Write records as `{shard:05d}.parquet` files sorted by uid, plus manifest.json.
+    """Write records as `{shard:05d}.parquet` files sorted by uid, plus _manifest.json.
 
     Records go to shard hash(uid) mod ceil(count / shard_size): the shard of a record
     depends on its uid and the total alone, so every runner writes the same files.
@@ -237,7 +237,7 @@ def _finish_shards(entries: list[dict[str, Any]], directory: str, schema: pa.Sch
         name = shard_name(0, ".parquet")
         write_atomic(join(directory, name), data)
         entries = [{"shard": name, "count": 0, "sha256": hashlib.sha256(data).hexdigest()}]
-    write_atomic(join(directory, "manifest.json"), manifest_json(entries))
+    write_atomic(join(directory, "_manifest.json"), manifest_json(entries))
     remove_stale_temporaries(directory)
     return sum(e["count"] for e in entries)
 

@@ -84,7 +84,7 @@ def check_invariant(out: Path) -> tuple[list[dict], list[dict], dict]:
     }
     assert stats["totals"]["balanced"] is True
     for folder in ("shards", "rejects"):
-        manifest = json.loads((out / folder / "manifest.json").read_text())
+        manifest = json.loads((out / folder / "_manifest.json").read_text())
         for entry in manifest["shards"]:
             data = (out / folder / entry["shard"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
@@ -127,11 +127,13 @@ def test_rerun_gives_identical_bytes_and_needs_overwrite(tmp_path, capsys) -> No
 
 def test_multi_processing_gives_identical_shards(tmp_path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(a)) == 0
+    # A small vocabulary puts the top-N boundary among tied tokens: the tie-break must not
+    # depend on arrival order.
+    args = ["--input", str(SAMPLE_WARC), "--vocab-size", "300"]
+    assert run_cli(*args, "--output", str(a)) == 0
     assert (
         run_cli(
-            "--input",
-            str(SAMPLE_WARC),
+            *args,
             "--output",
             str(b),
             "--direct_running_mode=multi_processing",
@@ -139,6 +141,8 @@ def test_multi_processing_gives_identical_shards(tmp_path) -> None:
         )
         == 0
     )
+    stats = json.loads((a / "stats.json").read_text())
+    assert 0 < stats["rejected"]["text"][reasons.TEXT_RARE_TOKEN] < 19
     for folder in ("shards", "rejects"):
         assert (a / folder / "00000.parquet").read_bytes() == (
             b / folder / "00000.parquet"
@@ -198,6 +202,17 @@ def test_all_real_archives_and_a_table_together(tmp_path) -> None:
     assert stats["read"][reasons.ARCHIVE_CORRUPT] == 1
     assert {r["source_kind"] for r in kept} == {"warc", "table"}
     assert len(kept) > 900
+
+
+def test_laion_sample_yield_before_download(tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["--input", str(require(LAION_PARQUET)), "--output", str(out)]
+    assert run_cli(*args, "--stop-after", "text", "--vocab-min-count", "2") == 0
+    kept, rejected, stats = check_invariant(out)
+    assert stats["extract"][reasons.TABLE_ROWS] == 1000
+    assert stats["rejected"]["text"][reasons.TEXT_RARE_TOKEN] > 0
+    assert all(r["text_lang"] for r in kept[:50])
+    assert {r["stage"] for r in rejected} == {"text"}
 
 
 def test_console_script_help_and_run(tmp_path) -> None:

@@ -13,6 +13,7 @@ from filters.tokenize import bigrams, tokenize
         ("A Red Fox!", ["a", "red", "fox"]),
         ("fish & chips, served—hot.", ["fish", "chips", "served", "hot"]),
         ("Tanworth-in-Arden", ["tanworth", "in", "arden"]),
+        ("IMG_0042.JPG", ["img", "0042", "jpg"]),
         ("crème brûlée", ["crème", "brûlée"]),
         ("ＩＭＧ１２３", ["img123"]),  # full-width folded by NFKC
         ("富士山の桜", ["富", "士", "山", "の", "桜"]),

@@ -1,0 +1,251 @@
+"""ALIGN's dataset-wide text rules (§3) as keyed aggregations and joins.
+
+Nothing here gathers the vocabulary or the per-text counts into one process: counts are
+combined per key, rules are applied by joining keyed collections, and the only side
+inputs are the vocabulary boundary and radix-select histograms, which are small
+(a {count: tokens} histogram has at most ~sqrt(2 * token occurrences) entries, and each
+radix level at most 65,536).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from curation.config import CurationConfig
+from curation.record import Candidate, Rejected, Rejection
+from filters.dataset import (
+    LEVEL_BITS,
+    VocabBoundary,
+    check_rare,
+    check_shared,
+    key_bucket,
+    select_bucket,
+    text_key,
+    text_ngrams,
+    token_key,
+    vocab_boundary,
+)
+from filters.language import check_language, detect_language
+
+KEPT = "kept"
+REJECTED = "rejected"
+
+
+def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(rejection.stage, rejection.reason).inc()
+    return beam.pvalue.TaggedOutput(REJECTED, Rejected(candidate, rejection))
+
+
+class RejectSharedTexts(beam.PTransform):
+    """Reject alt-texts attached to more than max_images_per_text distinct images.
+
+    Counted over every candidate of the run (`raw`), applied to `candidates`.
+    """
+
+    def __init__(self, raw, cfg: CurationConfig) -> None:
+        super().__init__()
+        self.raw = raw
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        cfg = self.cfg
+        shared = (
+            self.raw
+            | "Text and image" >> beam.Map(lambda c: (text_key(c.alt_text), c.image_url))
+            | "Distinct pairs" >> beam.Distinct()
+            | "One per image" >> beam.Map(lambda kv: (kv[0], 1))
+            | "Images per text" >> beam.CombinePerKey(sum)
+            | "Over the limit" >> beam.Filter(lambda kv: check_shared(kv[1], cfg) is not None)
+        )
+        keyed = candidates | "Key by text" >> beam.Map(lambda c: (text_key(c.alt_text), c))
+        return (
+            {"n": shared, "c": keyed}
+            | "Join counts" >> beam.CoGroupByKey()
+            | "Apply limit" >> beam.FlatMap(_apply_shared, cfg).with_outputs(REJECTED, main=KEPT)
+        )
+
+
+def _apply_shared(item: tuple[str, dict[str, list[Any]]], cfg: CurationConfig) -> Iterator[Any]:
+    _, joined = item
+    counts = joined["n"]
+    rejection = check_shared(counts[0], cfg) if counts else None
+    for candidate in joined["c"]:
+        yield candidate if rejection is None else _reject(candidate, rejection)
+
+
+class BuildVocabulary(beam.PTransform):
+    """Token counts over every raw alt-text -> the (token, in_vocabulary) verdicts.
+
+    The top-`vocab_size` cut falls at a count found from the {count: tokens} histogram;
+    tokens tied at that count are ordered by a 64-bit hash of the token (never by arrival),
+    selected by two 16-bit radix passes and an exact pass over the few left in the final
+    bucket.
+    """
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, raw):
+        cfg = self.cfg
+        counts = (
+            raw
+            | "Tokens" >> beam.FlatMap(lambda c: text_ngrams(c.alt_text, cfg.vocab_ngrams))
+            | "One each" >> beam.Map(lambda t: (t, 1))
+            | "Count tokens" >> beam.CombinePerKey(sum)
+        )
+        histogram = (
+            counts
+            | "Count of count" >> beam.Map(lambda kv: (kv[1], 1))
+            | "Tokens per count" >> beam.CombinePerKey(sum)
+            | "Histogram" >> beam.combiners.ToDict()
+        )
+        boundary = histogram | "Boundary" >> beam.Map(
+            vocab_boundary, cfg.vocab_size, cfg.vocab_min_count
+        )
+        b = beam.pvalue.AsSingleton(boundary)
+        tied = counts | "Tied at boundary" >> beam.Filter(
+            lambda kv, bd: bd.decided(kv[1]) is None, bd=b
+        )
+        tied_keys = tied | "Key tied" >> beam.Map(lambda kv: (token_key(kv[0]), kv[0]))
+        level0 = (
+            tied_keys
+            | "Level 0 digit" >> beam.Map(lambda kt: (key_bucket(kt[0], 0), 1))
+            | "Level 0 count" >> beam.CombinePerKey(sum)
+            | "Level 0 hist" >> beam.combiners.ToDict()
+            | "Level 0 select" >> beam.Map(lambda h, bd: select_bucket(h, bd.keep), bd=b)
+        )
+        s0 = beam.pvalue.AsSingleton(level0)
+        in_bucket0 = tied_keys | "In level 0 bucket" >> beam.Filter(
+            lambda kt, sel: key_bucket(kt[0], 0) == sel[0], sel=s0
+        )
+        level1 = (
+            in_bucket0
+            | "Level 1 digit" >> beam.Map(lambda kt: (key_bucket(kt[0], 1), 1))
+            | "Level 1 count" >> beam.CombinePerKey(sum)
+            | "Level 1 hist" >> beam.combiners.ToDict()
+            | "Level 1 select" >> beam.Map(lambda h, sel: select_bucket(h, sel[1]), sel=s0)
+        )
+        s1 = beam.pvalue.AsSingleton(level1)
+        # Expected size: tied tokens / 2**32, so gathering this last bucket is safe.
+        last = (
+            in_bucket0
+            | "In level 1 bucket"
+            >> beam.Filter(lambda kt, sel: key_bucket(kt[0], 1) == sel[0], sel=s1)
+            | "Last bucket" >> beam.combiners.ToList()
+            | "Exact select"
+            >> beam.Map(lambda kts, sel: {t for _, t in sorted(kts)[: sel[1]]}, sel=s1)
+        )
+        return counts | "Verdict" >> beam.Map(
+            _verdict,
+            bd=b,
+            sel0=s0,
+            sel1=s1,
+            last=beam.pvalue.AsSingleton(last),
+        )
+
+
+def _verdict(
+    kv: tuple[str, int],
+    bd: VocabBoundary,
+    sel0: tuple[int, int],
+    sel1: tuple[int, int],
+    last: set[str],
+) -> tuple[str, bool]:
+    token, count = kv
+    decided = bd.decided(count)
+    if decided is not None:
+        return token, decided
+    key = token_key(token)
+    d0 = key_bucket(key, 0)
+    if d0 != sel0[0]:
+        return token, d0 < sel0[0]
+    d1 = key_bucket(key, 1)
+    if d1 != sel1[0]:
+        return token, d1 < sel1[0]
+    return token, token in last
+
+
+assert LEVEL_BITS == 16  # the radix passes above assume two 16-bit levels before the exact one
+
+
+class RejectRareTokens(beam.PTransform):
+    """Reject candidates holding any unigram/bigram outside the run's vocabulary.
+
+    Tokens are joined to their verdicts keyed by token, then regrouped by candidate uid.
+    """
+
+    def __init__(self, raw, cfg: CurationConfig) -> None:
+        super().__init__()
+        self.raw = raw
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        cfg = self.cfg
+        rare = (
+            self.raw
+            | "Build vocabulary" >> BuildVocabulary(cfg)
+            | "Out of vocabulary" >> beam.Filter(lambda tv: not tv[1])
+        )
+        uses = candidates | "Token uses" >> beam.FlatMap(
+            lambda c: [(t, c.uid) for t in sorted(set(text_ngrams(c.alt_text, cfg.vocab_ngrams)))]
+        )
+        rare_by_uid = (
+            {"rare": rare, "uses": uses}
+            | "Join tokens" >> beam.CoGroupByKey()
+            | "Rare uses" >> beam.FlatMap(_rare_uses)
+        )
+        keyed = candidates | "Key by uid" >> beam.Map(lambda c: (c.uid, c))
+        return (
+            {"rare": rare_by_uid, "c": keyed}
+            | "Regroup by candidate" >> beam.CoGroupByKey()
+            | "Apply vocabulary" >> beam.FlatMap(_apply_rare).with_outputs(REJECTED, main=KEPT)
+        )
+
+
+def _rare_uses(item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, str]]:
+    token, joined = item
+    if joined["rare"]:
+        for uid in joined["uses"]:
+            yield uid, token
+
+
+def _apply_rare(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    _, joined = item
+    rejection = check_rare(joined["rare"])
+    for candidate in joined["c"]:
+        yield candidate if rejection is None else _reject(candidate, rejection)
+
+
+class DetectLanguageFn(beam.DoFn):
+    """Set text_lang on each candidate; with --languages, reject the others."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        # Load the detector's profiles once per worker, not per element.
+        detect_language("warm up", None, self.cfg.language_detector)
+
+    def process(self, candidate: Candidate) -> Iterator[Any]:
+        lang = detect_language(candidate.alt_text, candidate.page_lang, self.cfg.language_detector)
+        candidate = dataclasses.replace(candidate, text_lang=lang)
+        rejection = check_language(lang, self.cfg)
+        yield candidate if rejection is None else _reject(candidate, rejection)
+
+
+class DetectLanguage(beam.PTransform):
+    """Language ID on the survivors of the cheaper rules; outputs `kept` and `rejected`."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        detect = beam.ParDo(DetectLanguageFn(self.cfg)).with_outputs(REJECTED, main=KEPT)
+        return candidates | "Detect language" >> detect
