@@ -9,6 +9,7 @@ it never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 from collections.abc import Iterator
@@ -78,12 +79,32 @@ def iter_responses(
     stream: BinaryIO, funnel: Funnel, max_body_bytes: int = 20_000_000
 ) -> Iterator[ArchivedResponse]:
     """Yield every response/resource record of a seekable archive stream, counting the rest."""
+    start = stream.tell()
     head = stream.read(4096)
-    stream.seek(0)
+    stream.seek(start)
     kind = sniff_format(head)
     if kind is None:
         funnel.add(_READ, reasons.NOT_AN_ARCHIVE)
         return
+    yield from _responses(stream, kind, funnel, max_body_bytes)
+
+
+def read_response_at(
+    stream: BinaryIO, offset: int, max_body_bytes: int = 20_000_000
+) -> ArchivedResponse | None:
+    """The response record starting at `offset` (a per-record gzip member, or plain)."""
+    stream.seek(offset)
+    for resp in iter_responses(stream, Funnel(), max_body_bytes):
+        # FastWARC reports absolute positions, warcio positions relative to where it began.
+        if resp.offset not in (offset, 0):
+            return None
+        return dataclasses.replace(resp, offset=offset)
+    return None
+
+
+def _responses(
+    stream: BinaryIO, kind: str, funnel: Funnel, max_body_bytes: int
+) -> Iterator[ArchivedResponse]:
     reader = _iter_warc_blocks if kind == SOURCE_WARC else _iter_arc_blocks
     try:
         for rec in reader(stream):

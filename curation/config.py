@@ -126,6 +126,102 @@ class CurationConfig:
         "ALIGN's multilingual model keeps every language",
     )
 
+    # --- Images: where from, and ALIGN's image rules (§3).
+    images_from: str = _opt(
+        "auto",
+        "archive (image records in the input archives), http, or auto (archive, else http)",
+        "auto: a crawl that holds its images is curated offline",
+    )
+    min_image_side: int = _opt(
+        200, "reject images whose shorter side is not above this", "ALIGN §3: shorter side > 200"
+    )
+    max_aspect_ratio: float = _opt(
+        3.0, "reject images whose aspect ratio is not below this", "ALIGN §3: aspect ratio < 3"
+    )
+    max_texts_per_image: int = _opt(
+        1000,
+        "reject images with more distinct alt-texts (by URL before fetching, by hash after)",
+        "ALIGN §3: images with more than 1000 alt-texts",
+    )
+    max_image_pixels: int = _opt(
+        89_478_485,
+        "images with more pixels (from the header) are refused as decompression bombs",
+        "Pillow's own decompression-bomb warning limit",
+    )
+    nsfw: bool = _opt(True, "score images with the NSFW model", "ALIGN §3: remove pornography")
+    nsfw_threshold: float = _opt(
+        0.8,
+        "reject images whose open_nsfw score is at or above this",
+        "Yahoo open_nsfw README: scores above 0.8 are NSFW with high probability",
+    )
+    near_dup_distance: int = _opt(
+        4,
+        "pHash Hamming distance within which two images are near-duplicates (-1: off)",
+        "measured: resized/re-encoded copies <= 2, unrelated photos >= 20; k+1 bands of ~13 bits",
+    )
+    eval_dup_distance: int = _opt(
+        12,
+        "pHash distance within which an image duplicates an evaluation image",
+        "measured: catches lightly cropped copies, 8 below the closest unrelated pair",
+    )
+    eval_images: tuple[str, ...] = _opt(
+        (),
+        "evaluation images (paths or globs) whose near-duplicates are removed",
+        "ALIGN §3: duplicates of ILSVRC-2012, Flickr30K and MSCOCO test images",
+    )
+    resize_mode: str = _opt(
+        "none",
+        "stored image: none (original bytes), keep_ratio or center_crop (re-encoded JPEG)",
+        "img2dataset's resize modes",
+    )
+    resize_max_side: int = _opt(
+        512, "longest (keep_ratio) or only (center_crop) side when resizing", "DataComp's 512"
+    )
+    jpeg_quality: int = _opt(95, "JPEG quality when re-encoding", "img2dataset's default 95")
+
+    # --- HTTP fetching: polite and safe.
+    user_agent: str = _opt(
+        "align-curation/0.1 (image-text dataset research; robots.txt honoured)",
+        "User-Agent of every request, robots.txt included",
+        "identify the crawler, so site owners can address it in robots.txt",
+    )
+    connect_timeout: float = _opt(5.0, "seconds to connect", "img2dataset uses 10 s overall")
+    read_timeout: float = _opt(
+        10.0, "seconds between bytes while reading", "img2dataset's 10 s timeout"
+    )
+    max_retries: int = _opt(
+        2,
+        "retries on timeouts, 429 and 5xx, with exponential backoff and jitter",
+        "DataComp runs img2dataset with 2; img2dataset #361: 0->1 retry lifts success 56%->77%",
+    )
+    backoff_seconds: float = _opt(
+        1.0, "first retry delay, doubled per retry", "datatrove's fetcher backs off from 2 s"
+    )
+    max_backoff_seconds: float = _opt(
+        30.0, "longest wait, Retry-After included", "guard: a worker never sleeps longer"
+    )
+    max_redirects: int = _opt(
+        5, "redirects followed per image", "browsers allow ~20; images need few"
+    )
+    max_image_bytes: int = _opt(
+        20_000_000, "bodies above this are refused while streaming", "guard: 20 MB"
+    )
+    per_host_connections: int = _opt(
+        4, "simultaneous requests to one host per worker", "politeness (img2dataset #62)"
+    )
+    fetch_threads: int = _opt(
+        32, "concurrent requests per worker", "I/O bound; img2dataset runs 32-128 threads"
+    )
+    respect_robots: bool = _opt(True, "honour robots.txt (cached per host)", "politeness")
+    respect_opt_out: bool = _opt(
+        True, "honour X-Robots-Tag noai / noimageai", "img2dataset's default (#245)"
+    )
+    allow_private_network: bool = _opt(
+        False,
+        "fetch from loopback and private addresses (tests, intranets); link-local stays refused",
+        "SSRF guard: workers sit next to the cloud metadata server",
+    )
+
     # --- Extraction caps: guards against hostile pages, each removal counted under a reason.
     max_images_per_page: int = _opt(
         5000,
@@ -162,8 +258,14 @@ class CurationConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if _base_type(f.type) is int and (not isinstance(value, int) or value < 0):
-                raise ConfigError(f"config key '{f.name}': expected an integer >= 0, got {value!r}")
+            base = _base_type(f.type)
+            low = -1 if f.name == "near_dup_distance" else 0
+            if base is int and (not isinstance(value, int) or value < low):
+                raise ConfigError(
+                    f"config key '{f.name}': expected an integer >= {low}, got {value!r}"
+                )
+            if base is float and (not isinstance(value, int | float) or value < 0):
+                raise ConfigError(f"config key '{f.name}': expected a number >= 0, got {value!r}")
         if self.min_unigrams > self.max_unigrams:
             raise ConfigError(
                 f"config key 'min_unigrams' ({self.min_unigrams}) exceeds "
@@ -184,6 +286,21 @@ class CurationConfig:
                 f"config key 'language_detector': unknown {self.language_detector!r} "
                 f"(known: {', '.join(LANGUAGE_DETECTORS)})"
             )
+        if self.images_from not in ("archive", "http", "auto"):
+            raise ConfigError(
+                f"config key 'images_from': unknown {self.images_from!r} (archive, http, auto)"
+            )
+        if self.resize_mode not in ("none", "keep_ratio", "center_crop"):
+            raise ConfigError(
+                f"config key 'resize_mode': unknown {self.resize_mode!r} "
+                "(none, keep_ratio, center_crop)"
+            )
+        if not 0.0 <= self.nsfw_threshold <= 1.0:
+            raise ConfigError("config key 'nsfw_threshold': must be between 0 and 1")
+        if self.max_aspect_ratio < 1.0:
+            raise ConfigError("config key 'max_aspect_ratio': must be at least 1")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError("config key 'jpeg_quality': must be between 1 and 100")
         if self.languages and not self.detect_language:
             raise ConfigError("config key 'languages' needs detect_language: true")
         if self.shard_size < 1:

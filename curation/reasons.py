@@ -8,8 +8,11 @@ from __future__ import annotations
 # --- Stages, in pipeline order. `--stop-after` takes one of STAGES.
 STAGE_READ = "read"  # archive records / table rows read
 STAGE_EXTRACT = "extract"  # <img> tags and table rows turned into candidates
-STAGE_TEXT = "text"  # per-record text rules (ALIGN §3)
-STAGES = (STAGE_EXTRACT, STAGE_TEXT)
+STAGE_TEXT = "text"  # text rules, per record and dataset-wide (ALIGN §3)
+STAGE_FETCH = "fetch"  # getting the image bytes (archive or HTTP)
+STAGE_IMAGE = "image"  # decode guard and image rules (ALIGN §3)
+# `--stop-after` names one of these; "image" covers fetching too.
+STAGES = (STAGE_EXTRACT, STAGE_TEXT, STAGE_IMAGE)
 
 # --- Read stage: why an archive record or file gave no page to extract from.
 RECORD_NOT_RESPONSE = "record_not_response"  # warcinfo, request, metadata, revisit, ...
@@ -57,6 +60,44 @@ TEXT_REASONS = (
     TEXT_TOO_SHORT,
     TEXT_TOO_LONG,
 )
+
+# --- Fetch stage: why no image bytes came back. HTTP errors are `http_<status>`.
+NOT_IN_ARCHIVE = "not_in_archive"  # --images-from archive, and the archive lacks the image
+TIMEOUT = "timeout"
+DNS_ERROR = "dns_error"
+CONNECTION_ERROR = "connection_error"
+TLS_ERROR = "tls_error"
+TOO_LARGE = "too_large"  # body above max_image_bytes, stopped while streaming
+NOT_AN_IMAGE = "not_an_image"  # Content-Type or magic bytes say it is not an image
+ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt forbids the path
+OPT_OUT = "opt_out"  # X-Robots-Tag: noai / noimageai
+PRIVATE_ADDRESS = "private_address"  # host resolves to loopback/private/link-local/...
+TOO_MANY_REDIRECTS = "too_many_redirects"
+BAD_REDIRECT = "bad_redirect"  # a Location that is missing, not http(s), or unusable
+FETCH_FAILED = "fetch_failed"  # any other protocol error, detail says which
+
+
+def http_status(code: int) -> str:
+    """The reason for an HTTP error status: http_404, http_503, ..."""
+    return f"http_{code}"
+
+
+def is_transient(reason: str) -> bool:
+    """Whether a fetch failure may succeed on a later try (for --retry-failed)."""
+    if reason in (TIMEOUT, DNS_ERROR, CONNECTION_ERROR, TLS_ERROR):
+        return True
+    return reason == "http_429" or (reason.startswith("http_5") and len(reason) == 8)
+
+
+# --- Image stage (ALIGN §3 and the decode guard).
+IMAGE_TOO_MANY_TEXTS = "image_too_many_texts"  # > max_texts_per_image alt-texts (URL or hash)
+IMAGE_UNREADABLE = "image_unreadable"  # not decodable; detail has Pillow's error
+IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # decompression bomb guard
+IMAGE_TOO_SMALL = "image_too_small"  # shorter side <= 200 px
+IMAGE_ASPECT_RATIO = "image_aspect_ratio"  # aspect ratio >= 3
+EVAL_DUPLICATE = "eval_duplicate"  # near-duplicate of a downstream evaluation image
+NEAR_DUPLICATE = "near_duplicate"  # near-duplicate of another kept image; detail: its uid
+NSFW = "nsfw"  # NSFW score >= nsfw_threshold
 
 # --- Funnel counter names that are not reasons.
 FILES = "files"

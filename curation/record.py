@@ -40,6 +40,16 @@ class Candidate:
     source_offset: int  # record byte offset in the archive, or row number in the table
     crawl_date: str | None  # ISO 8601 capture time, when known
     text_lang: str | None = None  # language detected from the alt-text (text stage)
+    # Image stage: filled for candidates whose image was fetched and measured.
+    width: int | None = None  # of the stored image
+    height: int | None = None
+    original_width: int | None = None  # as fetched, after EXIF orientation
+    original_height: int | None = None
+    image_format: str | None = None  # Pillow's name of the fetched format (JPEG, PNG, ...)
+    sha256: str | None = None  # of the fetched bytes
+    phash: str | None = None  # 64-bit perceptual hash, 16 hex digits
+    nsfw_score: float | None = None
+    image: bytes | None = None  # the stored image (original bytes, or re-encoded)
 
     @classmethod
     def create(
@@ -93,8 +103,9 @@ class Rejected:
     rejection: Rejection
 
     def to_row(self) -> dict[str, Any]:
-        """The record as a dict matching REJECT_SCHEMA."""
+        """The record as a dict matching REJECT_SCHEMA (no image bytes in the ledger)."""
         row = self.candidate.to_row()
+        del row["image"]
         row.update(
             stage=self.rejection.stage,
             reason=self.rejection.reason,
@@ -115,11 +126,21 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field("source_offset", pa.int64(), nullable=False),
         pa.field("crawl_date", pa.string()),
         pa.field("text_lang", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("original_width", pa.int32()),
+        pa.field("original_height", pa.int32()),
+        pa.field("image_format", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("phash", pa.string()),
+        pa.field("nsfw_score", pa.float32()),
+        pa.field("image", pa.binary()),
     ]
 )
 
 REJECT_SCHEMA = (
-    CANDIDATE_SCHEMA.append(pa.field("stage", pa.string(), nullable=False))
+    CANDIDATE_SCHEMA.remove(CANDIDATE_SCHEMA.get_field_index("image"))
+    .append(pa.field("stage", pa.string(), nullable=False))
     .append(pa.field("reason", pa.string(), nullable=False))
     .append(pa.field("detail", pa.string(), nullable=False))
 )

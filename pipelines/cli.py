@@ -28,7 +28,8 @@ def _quiet_beam() -> None:
     # Importing Beam without the GCP extra logs a warning about apitools on the root logger,
     # and the FnApiRunner logs INFO chatter; a newcomer should see only our summary.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger().addFilter(lambda r: "apitools not found" not in r.getMessage())
+    noise = ("apitools not found", "Resource module is not available")
+    logging.getLogger().addFilter(lambda r: not any(n in r.getMessage() for n in noise))
     for name in ("apache_beam", "apache_beam.runners", "apache_beam.io"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="apache_beam")
@@ -90,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
             _config_flag(f.name),
             dest=f"cfg_{f.name}",
             metavar="VALUE",
-            help=f"{f.metadata['help']} (default: {default}; {f.metadata['source']})",
+            # argparse formats help with %: escape the sources' own percent signs.
+            help=f"{f.metadata['help']} (default: {default}; {f.metadata['source']})".replace(
+                "%", "%%"
+            ),
         )
     return parser
 

@@ -14,6 +14,7 @@ from curation import reasons
 from curation.config import CurationConfig
 from curation.record import CANDIDATE_SCHEMA, REJECT_SCHEMA
 from pipelines.dataset_rules import DetectLanguage, RejectRareTokens, RejectSharedTexts
+from pipelines.images import ImageStage
 from pipelines.io import join
 from pipelines.transforms import (
     KEPT,
@@ -49,7 +50,10 @@ def build_pipeline(
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_TEXT):
         kept, text_rejected = _text_stage(kept, raw=unique[KEPT], cfg=cfg)
         rejected_parts.extend(text_rejected)
-    # Seam for later stages (images): each adds its rejected output.
+    if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_IMAGE):
+        images = kept | "Images" >> ImageStage(unique[KEPT], inputs, cfg)
+        kept = images[KEPT]
+        rejected_parts.append(images[REJECTED])
     rejected = tuple(rejected_parts) | "All rejected" >> beam.Flatten(pipeline=p)
 
     _ = kept | "Write shards" >> WriteShards(

@@ -54,9 +54,16 @@ Expected outcome per page; names in [] are curation/reasons.py values, URLs are 
   drop "фото" [text_too_short]
 Skipped records: warcinfo and request records [record_not_response]; 404
 https://www.example.org/wildlife/missing.html and 301 http://www.example.org/wildlife/
-[http_status_not_2xx]; text/css .../static/site.css, image/jpeg .../wildlife/img/fox.jpg
-(300x250 grey) and image/png .../images/owl.png (300x250 RGB) [not_html]. Request records
-precede the responses of pages 1 (first capture), 2 and 3 and of the 404.
+[http_status_not_2xx]; text/css .../static/site.css and the image records [not_html].
+Request records precede the responses of pages 1 (first capture), 2 and 3 and of the 404.
+
+Images held in the archive (`sample_images`), for the image stage with --images-from archive:
+kept: fox.jpg (solid grey baseline JPEG), owl.png, fish.jpg, brulee.jpg or bread.jpg,
+a-1280.jpg, alps.jpg, leuchtturm.jpg, pfad.jpg (alps.jpg's bytes at another URL), tasse.jpg,
+dorf.jpg, fuji.jpg, ploshchad.jpg. Rejected: berries.jpg 180x150 [image_too_small],
+harbour.jpg 960x240 [image_aspect_ratio], one of brulee.jpg / bread.jpg (bread is brulee
+brightened by 1) [near_duplicate], c.jpg truncated [image_unreadable], b.png is HTML
+[not_an_image], d.jpg and croissant.jpg are not in the archive [not_in_archive].
 """
 
 from __future__ import annotations
@@ -190,6 +197,37 @@ def make_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + b"".join(_png_chunk(kind, data) for kind, data in chunks)
 
 
+def make_pattern_png(width: int, height: int, seed: int, shift: int = 0) -> bytes:
+    """A PNG of smooth, seed-dependent stripes: structure a perceptual hash can tell apart.
+
+    Integer triangle waves only, so the bytes are the same on every platform; `shift`
+    brightens every pixel slightly (a near-duplicate of the same seed).
+    """
+    fx, fy, gx, gy = 1 + seed % 3, 1 + (seed // 3) % 3, 1 + (seed // 2) % 4, 2 + seed % 2
+    phase = 97 * seed
+
+    def tri(t: int) -> int:
+        return min(255, abs(t % 512 - 256))
+
+    rows = []
+    for y in range(height):
+        pixels = bytearray()
+        for x in range(width):
+            a = tri(fx * x * 512 // width + fy * y * 512 // height + phase)
+            b = tri(gx * x * 512 // width - gy * y * 512 // height + 2 * phase)
+            pixels += bytes(
+                (min(255, a + shift), min(255, b + shift), min(255, (a + b) // 2 + shift))
+            )
+        # PNG filter 1 (Sub): stripes have near-constant steps, which then compress well.
+        sub = bytes(
+            (pixels[i] - (pixels[i - 3] if i >= 3 else 0)) & 0xFF for i in range(len(pixels))
+        )
+        rows.append(b"\x01" + sub)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"".join(rows), 9)), (b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(_png_chunk(kind, data) for kind, data in chunks)
+
+
 def make_jpeg(width: int, height: int, grey: int) -> bytes:
     """Return a valid solid-grey baseline JPEG (only DC coefficients are non-zero)."""
     dc = grey - 128  # quantised DC with all-8 quant table: 8 * (grey - 128) / 8
@@ -284,9 +322,44 @@ def build(out: BytesIO) -> int:
     w.response("https://www.example.org/static/site.css", "200 OK", "text/css", css)
     jpeg = make_jpeg(300, 250, 200)
     w.response("https://www.example.org/wildlife/img/fox.jpg", "200 OK", "image/jpeg", jpeg)
-    png = make_png(300, 250, (200, 90, 30))
-    w.response("https://www.example.org/images/owl.png", "200 OK", "image/png", png)
+    for url, ctype, body in sample_images():
+        w.response(url, "200 OK", ctype, body)
     return w.count
+
+
+def sample_images() -> list[tuple[str, str, bytes]]:
+    """The image responses: most kept images, plus one case for each image rule."""
+    blog = "https://blog.example.com/posts/2023/"
+    alps = make_pattern_png(320, 240, 7)
+    brulee = make_pattern_png(320, 240, 3)
+    owl = make_pattern_png(320, 240, 1)
+    return [
+        ("https://www.example.org/images/owl.png", "image/png", owl),
+        (blog + "img/fish.jpg", "image/png", make_pattern_png(320, 240, 2)),  # mislabelled PNG
+        (blog + "img/berries.jpg", "image/png", make_pattern_png(180, 150, 4)),  # too small
+        (blog + "img/brulee.jpg", "image/png", brulee),
+        (blog + "img/harbour.jpg", "image/png", make_pattern_png(960, 240, 5)),  # aspect 4
+        (blog + "a-1280.jpg", "image/png", make_pattern_png(320, 240, 6)),
+        # The same picture a little brighter: a near-duplicate of brulee.jpg.
+        (blog + "img/bread.jpg", "image/png", make_pattern_png(320, 240, 3, shift=1)),
+        ("https://static.example.com/assets/mountains/alps.jpg", "image/png", alps),
+        ("https://static.example.com/c.jpg", "image/png", alps[: len(alps) // 3]),  # truncated
+        ("https://static.example.com/b.png", "image/png", b"<html>not found</html>\n"),
+        (
+            "https://www.example.net/bilder/leuchtturm.jpg",
+            "image/png",
+            make_pattern_png(320, 240, 8),
+        ),
+        ("https://www.example.net/bilder/pfad.jpg", "image/png", alps),  # same bytes, other URL
+        ("https://www.example.net/fr/images/tasse.jpg", "image/png", make_pattern_png(320, 240, 9)),
+        ("https://www.example.net/de/winter/dorf.jpg", "image/png", make_pattern_png(320, 240, 10)),
+        ("https://www.example.com/ja/img/fuji.jpg", "image/png", make_pattern_png(320, 240, 11)),
+        (
+            "https://www.example.com/ru/img/ploshchad.jpg",
+            "image/png",
+            make_pattern_png(320, 240, 12),
+        ),
+    ]
 
 
 def main() -> None:

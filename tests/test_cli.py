@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from PIL import Image
 
 from curation import reasons
 from curation.config import CurationConfig
@@ -96,9 +98,24 @@ def run_cli(*args: str) -> int:
     return main(["run", *args])
 
 
-def test_sample_end_to_end(tmp_path, capsys) -> None:
+# From the same docstring: the image stage on the images the sample archive holds.
+SAMPLE_IMAGE_REJECTED = {
+    "a bowl of fresh strawberries on a wooden table": reasons.IMAGE_TOO_SMALL,
+    "sunset over the harbour with fishing boats": reasons.IMAGE_ASPECT_RATIO,
+    "a wooden rowing boat on a calm mountain lake": reasons.IMAGE_UNREADABLE,
+    "a narrow cobbled street in an old harbour town": reasons.NOT_AN_IMAGE,
+    "a barn owl in flight over a frosty meadow": reasons.NOT_IN_ARCHIVE,
+    "un croissant doré posé sur une assiette blanche": reasons.NOT_IN_ARCHIVE,
+}
+NEAR_DUPLICATE_PAIR = {
+    "homemade crème brûlée with a caramelised sugar crust",
+    "a loaf of sourdough bread cooling on a wire rack",
+}
+
+
+def test_sample_text_stage(tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out)) == 0
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out), "--stop-after", "text") == 0
     kept, rejected, stats = check_invariant(out)
     assert {r["alt_text"] for r in kept} == SAMPLE_KEPT
     assert {r["alt_text"]: r["reason"] for r in rejected} == {
@@ -115,13 +132,41 @@ def test_sample_end_to_end(tmp_path, capsys) -> None:
     assert CurationConfig.from_mapping(cfg) == CurationConfig()
 
 
+def test_sample_end_to_end_with_images_from_the_archive(tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
+    assert run_cli(*args) == 0
+    kept, rejected, _ = check_invariant(out)
+    image_rejects = {r["alt_text"]: r for r in rejected if r["stage"] in ("fetch", "image")}
+    near = [r for r in image_rejects.values() if r["reason"] == reasons.NEAR_DUPLICATE]
+    assert len(near) == 1 and near[0]["alt_text"] in NEAR_DUPLICATE_PAIR
+    survivor = next(r for r in kept if r["alt_text"] in NEAR_DUPLICATE_PAIR)
+    assert near[0]["detail"] == survivor["uid"]  # the kept uid, as the ledger promises
+    del image_rejects[near[0]["alt_text"]]
+    assert {a: r["reason"] for a, r in image_rejects.items()} == SAMPLE_IMAGE_REJECTED
+    assert {r["alt_text"] for r in kept} == (
+        SAMPLE_KEPT - set(SAMPLE_IMAGE_REJECTED) - {near[0]["alt_text"]}
+    )
+    for r in kept:
+        im = Image.open(io.BytesIO(r["image"]))
+        im.load()
+        assert (r["width"], r["height"]) == im.size == (r["original_width"], r["original_height"])
+        assert r["sha256"] == hashlib.sha256(r["image"]).hexdigest()
+        assert len(r["phash"]) == 16 and 0.0 <= r["nsfw_score"] < 0.8
+    # The same bytes under two URLs: one image, both pairs kept.
+    alps = [r for r in kept if r["image_url"].endswith(("alps.jpg", "pfad.jpg"))]
+    assert len(alps) == 2 and alps[0]["sha256"] == alps[1]["sha256"]
+    assert "image" not in pq.read_schema(next((out / "rejects").glob("*.parquet"))).names
+
+
 def test_rerun_gives_identical_bytes_and_needs_overwrite(tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out)) == 0
+    args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
+    assert run_cli(*args) == 0
     first = {p.name: p.read_bytes() for p in (out / "shards").iterdir()}
-    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out)) == 2
+    assert run_cli(*args) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out), "--overwrite") == 0
+    assert run_cli(*args, "--overwrite") == 0
     assert {p.name: p.read_bytes() for p in (out / "shards").iterdir()} == first
 
 
@@ -129,7 +174,7 @@ def test_multi_processing_gives_identical_shards(tmp_path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     # A small vocabulary puts the top-N boundary among tied tokens: the tie-break must not
     # depend on arrival order.
-    args = ["--input", str(SAMPLE_WARC), "--vocab-size", "300"]
+    args = ["--input", str(SAMPLE_WARC), "--vocab-size", "300", "--images-from", "archive"]
     assert run_cli(*args, "--output", str(a)) == 0
     assert (
         run_cli(
@@ -143,6 +188,7 @@ def test_multi_processing_gives_identical_shards(tmp_path) -> None:
     )
     stats = json.loads((a / "stats.json").read_text())
     assert 0 < stats["rejected"]["text"][reasons.TEXT_RARE_TOKEN] < 19
+    assert stats["totals"]["kept"] > 0
     for folder in ("shards", "rejects"):
         assert (a / folder / "00000.parquet").read_bytes() == (
             b / folder / "00000.parquet"
@@ -164,6 +210,7 @@ def test_config_file_and_flags(tmp_path) -> None:
     conf.write_text("min_unigrams: 1\ntext_rules: [text_too_short, text_too_long]\n")
     out = tmp_path / "out"
     args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--config", str(conf)]
+    args += ["--stop-after", "text"]
     assert run_cli(*args, "--max-unigrams", "5") == 0
     kept, rejected, _ = check_invariant(out)
     assert {r["reason"] for r in rejected} == {reasons.TEXT_TOO_LONG}
@@ -196,7 +243,8 @@ def test_all_real_archives_and_a_table_together(tmp_path) -> None:
     require(WARC_DIR)
     require(LAION_PARQUET)
     out = tmp_path / "out"
-    assert run_cli("--input", str(WARC_DIR), str(LAION_PARQUET), "--output", str(out)) == 0
+    args = ["--input", str(WARC_DIR), str(LAION_PARQUET), "--output", str(out)]
+    assert run_cli(*args, "--stop-after", "text") == 0
     kept, _, stats = check_invariant(out)
     assert stats["read"][reasons.FILES] == 18
     assert stats["read"][reasons.ARCHIVE_CORRUPT] == 1
@@ -222,7 +270,16 @@ def test_console_script_help_and_run(tmp_path) -> None:
     out = subprocess.run([curate, "run", "--help"], capture_output=True, text=True, check=True)
     assert "--stop-after" in out.stdout and "--min-unigrams" in out.stdout
     res = subprocess.run(
-        [curate, "run", "--input", str(SAMPLE_WARC), "--output", str(tmp_path / "o")],
+        [
+            curate,
+            "run",
+            "--input",
+            str(SAMPLE_WARC),
+            "--output",
+            str(tmp_path / "o"),
+            "--images-from",
+            "archive",
+        ],
         capture_output=True,
         text=True,
     )

@@ -1,0 +1,76 @@
+"""Near-duplicate images by 64-bit perceptual hash: banding, verification, the eval index.
+
+Two hashes within Hamming distance k agree exactly on at least one of k+1 disjoint bands
+(pigeonhole), so grouping by (band, value) finds every such pair without comparing all
+pairs; each group is then verified exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+HASH_BITS = 64
+
+
+def band_slices(k: int) -> list[tuple[int, int]]:
+    """(shift, width) of k+1 contiguous bands covering the 64 bits, as even as possible."""
+    n = k + 1
+    widths = [HASH_BITS // n + (1 if i < HASH_BITS % n else 0) for i in range(n)]
+    out, shift = [], HASH_BITS
+    for w in widths:
+        shift -= w
+        out.append((shift, w))
+    return out
+
+
+def bands(phash_hex: str, k: int) -> list[tuple[int, int]]:
+    """The (band index, band value) keys of a hash for distance k."""
+    h = int(phash_hex, 16)
+    return [(i, (h >> shift) & ((1 << w) - 1)) for i, (shift, w) in enumerate(band_slices(k))]
+
+
+def hamming(a: str, b: str) -> int:
+    """Hamming distance of two hex hashes."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def _popcount(x: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(x)
+
+
+def smaller_neighbours(members: Sequence[tuple[str, str]], k: int) -> dict[str, str]:
+    """For (key, hash) members of one band group: each key that has a neighbour within k
+    with a smaller key, mapped to the smallest such neighbour's key."""
+    ordered = sorted(set(members))
+    if len(ordered) < 2:
+        return {}
+    keys = [m[0] for m in ordered]
+    hashes = np.array([int(m[1], 16) for m in ordered], dtype=np.uint64)
+    out: dict[str, str] = {}
+    for i in range(1, len(ordered)):
+        close = np.nonzero(_popcount(hashes[:i] ^ hashes[i]) <= k)[0]
+        if close.size:
+            out[keys[i]] = keys[int(close[0])]
+    return out
+
+
+class EvalIndex:
+    """The hashes of evaluation images, checked exhaustively (the sets are small)."""
+
+    def __init__(self, entries: Iterable[tuple[str, str]]) -> None:
+        pairs = sorted(entries)
+        self.names = [n for n, _ in pairs]
+        self.hashes = np.array([int(h, 16) for _, h in pairs], dtype=np.uint64)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def closest(self, phash_hex: str, k: int) -> tuple[str, int] | None:
+        """The nearest evaluation image within distance k (ties: first by name), or None."""
+        if not self.names:
+            return None
+        d = _popcount(self.hashes ^ np.uint64(int(phash_hex, 16)))
+        i = int(np.argmin(d))
+        return (self.names[i], int(d[i])) if d[i] <= k else None

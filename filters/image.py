@@ -1,0 +1,190 @@
+"""The image decode guard and ALIGN's image rules (§3), as pure functions over bytes.
+
+Cheapest first: the header alone gives the format, the size and the EXIF orientation, so
+the pixel limit and the size/aspect rules are decided before any pixel is decoded. Only
+then is the image decoded, in JPEG draft mode (a reduced DCT decode) when a thumbnail is
+all that the hash and the NSFW model need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+
+import imagehash
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from curation import reasons
+from curation.config import CurationConfig
+from curation.record import Rejection
+
+_STAGE = reasons.STAGE_IMAGE
+# The smallest side the hash and the NSFW model need (open_nsfw resizes to 256 x 256).
+THUMBNAIL_SIDE = 256
+_ORIENTATION_TAG = 0x0112
+# Pillow's errors on hostile files are of many kinds; all mean "cannot decode".
+DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    struct.error,
+    zlib.error,
+    MemoryError,
+)
+
+# We enforce our own pixel limit from the header; Pillow's global one would raise first.
+Image.MAX_IMAGE_PIXELS = None
+# A truncated file must fail, not decode grey: never let Pillow pad missing data.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What the header says, before decoding: format and oriented size."""
+
+    format: str
+    width: int  # after applying the EXIF orientation
+    height: int
+    orientation: int
+    frames: int
+
+
+def read_header(data: bytes, max_pixels: int) -> ImageHeader | Rejection:
+    """Open an image lazily and read its header; reject unreadable files and pixel bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            width, height = im.size
+            fmt = im.format or "unknown"
+            orientation = _orientation(im)
+            frames = getattr(im, "n_frames", 1) if fmt in ("GIF", "WEBP", "PNG", "MPO") else 1
+    except DECODE_ERRORS as e:
+        return Rejection(_STAGE, reasons.IMAGE_UNREADABLE, _error(e))
+    if width <= 0 or height <= 0:
+        return Rejection(_STAGE, reasons.IMAGE_UNREADABLE, f"size {width}x{height}")
+    if width * height > max_pixels:
+        # A decompression bomb: decoding would allocate width*height*channels bytes.
+        return Rejection(_STAGE, reasons.IMAGE_TOO_MANY_PIXELS, f"{width}x{height}")
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width  # rotated by 90 degrees when displayed
+    return ImageHeader(fmt, width, height, orientation, frames)
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except DECODE_ERRORS:
+        return 1  # an unreadable EXIF block: show the image as stored, as browsers do
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _error(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:200]
+
+
+def check_size(header: ImageHeader, cfg: CurationConfig) -> Rejection | None:
+    """ALIGN §3: keep images whose shorter side is > 200 px and aspect ratio is < 3."""
+    short, long = sorted((header.width, header.height))
+    if short <= cfg.min_image_side:
+        return Rejection(_STAGE, reasons.IMAGE_TOO_SMALL, f"{header.width}x{header.height}")
+    if long / short >= cfg.max_aspect_ratio:
+        return Rejection(_STAGE, reasons.IMAGE_ASPECT_RATIO, f"{header.width}x{header.height}")
+    return None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: alpha over white, 16-bit scaled down, palette expanded."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16/32-bit greyscale: stretch to 8 bits by the image's own range.
+        lo, hi = im.getextrema()
+        scale = 255.0 / (hi - lo) if hi > lo else 1.0
+        im = im.point(lambda v: (v - lo) * scale).convert("L")
+    if im.mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode(data: bytes, min_side: int | None = THUMBNAIL_SIDE) -> Image.Image | Rejection:
+    """Decode the first frame to RGB, upright; with `min_side`, as small as JPEG draft allows
+    while keeping both sides >= min_side."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            im.seek(0)  # the first frame of an animation
+            if min_side and im.format == "JPEG":
+                w, h = im.size
+                scale = min(w, h) / min_side
+                if scale >= 2:
+                    im.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            return to_rgb(im)
+    except DECODE_ERRORS as e:
+        return Rejection(_STAGE, reasons.IMAGE_UNREADABLE, _error(e))
+
+
+def phash(im: Image.Image) -> str:
+    """The 64-bit perceptual hash (imagehash's pHash) as 16 hex digits."""
+    return str(imagehash.phash(im, hash_size=8))
+
+
+def sha256(data: bytes) -> str:
+    """Content hash of the original bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def resized_jpeg(im: Image.Image, mode: str, max_side: int, quality: int) -> bytes:
+    """Re-encode like img2dataset: keep_ratio (longer side <= max_side) or center_crop."""
+    if mode == "center_crop":
+        im = ImageOps.fit(im, (max_side, max_side), Image.Resampling.LANCZOS)
+    elif mode == "keep_ratio" and max(im.size) > max_side:
+        im = im.copy()
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality, optimize=False)
+    return buf.getvalue()
+
+
+# Magic numbers of the image formats we accept, sniffed before trusting Content-Type.
+_MAGIC = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+    (b"\x00\x00\x01\x00", "image/x-icon"),
+    (b"\x00\x00\x00\x0cjP  ", "image/jp2"),
+    (b"\xff\x4f\xff\x51", "image/jp2"),
+)
+
+
+def sniff_image(head: bytes) -> str | None:
+    """The image media type from magic bytes, or None if these are not image bytes."""
+    for magic, mime in _MAGIC:
+        if head.startswith(magic):
+            return mime
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis", b"heic", b"heix", b"mif1"):
+        return "image/avif" if head[8:12] in (b"avif", b"avis") else "image/heic"
+    return None

@@ -1,0 +1,550 @@
+"""The image stage: fetch each unique image once, measure it, apply ALIGN's image rules (§3).
+
+Cheapest first: texts per URL are counted before anything is fetched; the header decides
+size and aspect before any decode; hashing uses a draft decode; near-duplicates are found
+by banding; the NSFW model runs last, on the survivors only, through RunInference.
+Decisions are the pure functions of filters/; this module only composes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
+
+from curation import reasons
+from curation.archive import iter_responses, read_response_at
+from curation.config import CurationConfig
+from curation.extract import is_table_path
+from curation.fetch import Fetcher, FetchResult, FetchSettings
+from curation.record import Candidate, Rejected, Rejection
+from curation.stats import Funnel
+from filters.dataset import text_key
+from filters.dedup import EvalIndex, bands, smaller_neighbours
+from filters.image import (
+    check_size,
+    decode,
+    phash,
+    read_header,
+    resized_jpeg,
+    sha256,
+    sniff_image,
+)
+from filters.nsfw import OpenNsfwScorer, check_nsfw
+
+KEPT = "kept"
+REJECTED = "rejected"
+URLS = "urls"
+IMAGES = "images"
+_IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """One fetched, measured image (keyed by its content hash)."""
+
+    url: str
+    sha256: str
+    phash: str
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    image_format: str
+    data: bytes  # what the shards store: original bytes, or the re-encoded JPEG
+
+
+def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:
+    Metrics.counter(rejection.stage, rejection.reason).inc()
+    return beam.pvalue.TaggedOutput(REJECTED, Rejected(candidate, rejection))
+
+
+def fetch_settings(cfg: CurationConfig) -> FetchSettings:
+    """The fetcher's view of the run configuration."""
+    return FetchSettings(
+        user_agent=cfg.user_agent,
+        connect_timeout=cfg.connect_timeout,
+        read_timeout=cfg.read_timeout,
+        max_retries=cfg.max_retries,
+        backoff_seconds=cfg.backoff_seconds,
+        max_backoff_seconds=cfg.max_backoff_seconds,
+        max_redirects=cfg.max_redirects,
+        max_bytes=cfg.max_image_bytes,
+        per_host_connections=cfg.per_host_connections,
+        respect_robots=cfg.respect_robots,
+        respect_opt_out=cfg.respect_opt_out,
+        allow_private_network=cfg.allow_private_network,
+    )
+
+
+# --- Texts per image (ALIGN §3: images with more than 1000 alt-texts), by any key.
+
+
+class RejectBusyImages(beam.PTransform):
+    """(key, candidate) -> kept (key, candidate) or rejected, when the key (an image URL
+    or content hash) carries more than max_texts_per_image distinct alt-texts in `texts`."""
+
+    def __init__(self, texts, cfg: CurationConfig, by: str) -> None:
+        super().__init__()
+        self.texts = texts  # PCollection of (key, text_key)
+        self.cfg = cfg
+        self.by = by
+
+    def expand(self, keyed):
+        limit = self.cfg.max_texts_per_image
+        busy = (
+            self.texts
+            | "Distinct texts" >> beam.Distinct()
+            | "One per text" >> beam.Map(lambda kv: (kv[0], 1))
+            | "Texts per image" >> beam.CombinePerKey(sum)
+            | "Over the limit" >> beam.Filter(lambda kv: kv[1] > limit)
+        )
+        return (
+            {"n": busy, "c": keyed}
+            | "Join text counts" >> beam.CoGroupByKey()
+            | "Apply limit"
+            >> beam.FlatMap(_apply_busy, self.by).with_outputs(REJECTED, URLS, main=KEPT)
+        )
+
+
+def _apply_busy(item: tuple[str, dict[str, list[Any]]], by: str) -> Iterator[Any]:
+    key, joined = item
+    n = joined["n"]
+    candidates = joined["c"]
+    if not candidates:
+        return
+    if n:
+        rejection = Rejection(_IMAGE, reasons.IMAGE_TOO_MANY_TEXTS, f"{n[0]} alt-texts by {by}")
+        for c in candidates:
+            yield _reject(c, rejection)
+        return
+    yield beam.pvalue.TaggedOutput(URLS, key)
+    for c in candidates:
+        yield key, c
+
+
+# --- Fetching: the archive when it holds the image, else HTTP.
+
+
+class IndexArchiveImagesFn(beam.DoFn):
+    """An archive -> (image URL, (file, offset)) for every 2xx image record in it."""
+
+    def process(self, path: str) -> Iterator[tuple[str, tuple[str, int]]]:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            for resp in iter_responses(fh, Funnel()):
+                if 200 <= resp.status < 300 and (
+                    resp.mime_type.startswith("image/") or sniff_image(resp.body[:16])
+                ):
+                    yield resp.url, (path, resp.offset)
+
+
+class FetchImagesFn(beam.DoFn):
+    """A batch of (url, archive location or None) -> (url, FetchResult), concurrently."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        self.cfg = cfg
+
+    def setup(self) -> None:
+        self.fetcher = Fetcher(fetch_settings(self.cfg))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.fetch_threads))
+
+    def teardown(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.fetcher.close()
+
+    def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
+        from_archive = [(u, loc) for u, loc in batch if loc is not None]
+        from_web = [u for u, loc in batch if loc is None]
+        for url, result in self._read_archives(from_archive):
+            yield url, result
+        if self.cfg.images_from == "archive":
+            for url in from_web:
+                yield url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE)
+            return
+        for result in self.pool.map(self.fetcher.fetch, from_web):
+            yield result.url, _sniffed(result)
+
+    def _read_archives(
+        self, items: list[tuple[str, tuple[str, int]]]
+    ) -> Iterator[tuple[str, FetchResult]]:
+        by_file: dict[str, list[tuple[str, int]]] = {}
+        for url, (path, offset) in items:
+            by_file.setdefault(path, []).append((url, offset))
+        for path, wanted in sorted(by_file.items()):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                for url, offset in sorted(wanted, key=lambda x: x[1]):
+                    resp = read_response_at(fh, offset, self.cfg.max_image_bytes)
+                    if resp is None:
+                        yield url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE, detail=path)
+                    else:
+                        yield url, _sniffed(FetchResult(url, data=resp.body))
+
+
+def _sniffed(result: FetchResult) -> FetchResult:
+    if result.ok and sniff_image(result.data[:32]) is None:
+        return FetchResult(result.url, reason=reasons.NOT_AN_IMAGE, detail="magic bytes")
+    return result
+
+
+class FetchImages(beam.PTransform):
+    """Unique image URLs -> (url, FetchResult), each URL fetched once."""
+
+    def __init__(self, archives: list[str], cfg: CurationConfig) -> None:
+        super().__init__()
+        self.archives = sorted(archives)
+        self.cfg = cfg
+
+    def expand(self, urls):
+        if self.cfg.images_from == "http" or not self.archives:
+            located = urls | "No archive" >> beam.Map(lambda u: (u, None))
+        else:
+            index = (
+                urls.pipeline
+                | "List archives" >> beam.Create(self.archives)
+                | "Index image records" >> beam.ParDo(IndexArchiveImagesFn())
+                # One capture per URL, the same on every runner.
+                | "Earliest capture" >> beam.CombinePerKey(min)
+            )
+            located = (
+                {"u": urls | "Key urls" >> beam.Map(lambda u: (u, None)), "loc": index}
+                | "Join archive index" >> beam.CoGroupByKey()
+                | "Wanted"
+                >> beam.FlatMap(
+                    lambda kv: (
+                        [(kv[0], min(kv[1]["loc"]) if kv[1]["loc"] else None)] if kv[1]["u"] else []
+                    )
+                )
+            )
+        return (
+            located
+            # Spread the URLs so that each worker fetches from many hosts at once.
+            | "Spread" >> beam.Reshuffle()
+            | "Batch"
+            >> beam.BatchElements(
+                min_batch_size=self.cfg.fetch_threads, max_batch_size=8 * self.cfg.fetch_threads
+            )
+            | "Fetch" >> beam.ParDo(FetchImagesFn(self.cfg))
+        )
+
+
+# --- Measuring: header first, then a draft decode for the hash.
+
+
+def measure(url: str, result: FetchResult, cfg: CurationConfig) -> ImageInfo | Rejection:
+    """Decode guard, size/aspect rules and hashes for one fetched image."""
+    if not result.ok:
+        return Rejection(_FETCH, result.reason or reasons.FETCH_FAILED, result.detail)
+    data = result.data
+    header = read_header(data, cfg.max_image_pixels)
+    if isinstance(header, Rejection):
+        return header
+    rejection = check_size(header, cfg)
+    if rejection is not None:
+        return rejection
+    thumb = decode(data)
+    if isinstance(thumb, Rejection):
+        return thumb
+    width, height, stored = header.width, header.height, data
+    if cfg.resize_mode != "none":
+        full = decode(data, min_side=None)
+        if isinstance(full, Rejection):
+            return full
+        stored = resized_jpeg(full, cfg.resize_mode, cfg.resize_max_side, cfg.jpeg_quality)
+        width, height = full.size if cfg.resize_mode == "none" else _size_of(stored)
+    return ImageInfo(
+        url=url,
+        sha256=sha256(data),
+        phash=phash(thumb),
+        width=width,
+        height=height,
+        original_width=header.width,
+        original_height=header.height,
+        image_format=header.format,
+        data=stored,
+    )
+
+
+def _size_of(data: bytes) -> tuple[int, int]:
+    header = read_header(data, 1 << 62)
+    assert not isinstance(header, Rejection), "our own JPEG must read back"
+    return header.width, header.height
+
+
+def _measured(item: tuple[str, FetchResult], cfg: CurationConfig) -> tuple[str, Any]:
+    url, result = item
+    return url, measure(url, result, cfg)
+
+
+def _attach(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+    """Join candidates to their URL's outcome: rejected, or (sha256, candidate) + image."""
+    _url, joined = item
+    outcomes, candidates = joined["o"], joined["c"]
+    if not candidates:
+        return
+    outcome = outcomes[0] if outcomes else Rejection(_FETCH, reasons.FETCH_FAILED, "no result")
+    if isinstance(outcome, Rejection):
+        for c in candidates:
+            yield _reject(c, outcome)
+        return
+    yield beam.pvalue.TaggedOutput(IMAGES, (outcome.sha256, outcome))
+    for c in candidates:
+        yield outcome.sha256, c
+
+
+# --- Near-duplicates and eval duplicates, on (representative uid, phash).
+
+
+class FindNearDuplicates(beam.PTransform):
+    """(key, phash) -> (key, kept key) for each image with a smaller-keyed neighbour within k."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def expand(self, hashes):
+        k = self.k
+        return (
+            hashes
+            | "Bands" >> beam.FlatMap(lambda kh: [(b, kh) for b in bands(kh[1], k)])
+            | "Group by band" >> beam.GroupByKey()
+            | "Verify" >> beam.FlatMap(lambda kv: smaller_neighbours(list(kv[1]), k).items())
+            | "Smallest kept" >> beam.CombinePerKey(min)
+        )
+
+
+def _eval_entry(path: str) -> list[tuple[str, str]]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        im = decode(fh.read())
+    if isinstance(im, Rejection):
+        return []  # an unreadable eval file cannot match anything; counted nowhere
+    return [(path.rsplit("/", 1)[-1], phash(im))]
+
+
+# --- NSFW through RunInference: the model loads once per worker, runs in batches.
+
+
+class NsfwModelHandler(ModelHandler[bytes, float, Any]):
+    """Scores image bytes with the NSFW scorer; a thumbnail decode feeds the model."""
+
+    def load_model(self) -> Any:
+        return OpenNsfwScorer()
+
+    def run_inference(
+        self, batch: Sequence[bytes], model: Any, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        images = [decode(data) for data in batch]
+        usable = [im for im in images if not isinstance(im, Rejection)]
+        scores = iter(model.score_batch(usable))
+        for data, im in zip(batch, images, strict=True):
+            # An image that decoded a moment ago and not now scores 1.0: refuse, never keep.
+            score = 1.0 if isinstance(im, Rejection) else next(scores)
+            yield PredictionResult(data, score)
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": 1, "max_batch_size": 16}
+
+
+class ImageStage(beam.PTransform):
+    """Text survivors -> kept candidates carrying their image, and rejected ones."""
+
+    def __init__(self, raw, inputs: list[str], cfg: CurationConfig) -> None:
+        super().__init__()
+        self.raw = raw
+        self.archives = [p for p in inputs if not is_table_path(p)]
+        self.cfg = cfg
+
+    def expand(self, candidates):
+        cfg = self.cfg
+        rejected = []
+        # 1. Alt-texts per image URL, counted over every candidate, before any fetch.
+        by_url = candidates | "Key by url" >> beam.Map(lambda c: (c.image_url, c))
+        url_texts = self.raw | "Url texts" >> beam.Map(
+            lambda c: (c.image_url, text_key(c.alt_text))
+        )
+        busy_url = by_url | "Texts per url" >> RejectBusyImages(url_texts, cfg, "url")
+        rejected.append(busy_url[REJECTED])
+        # 2. Fetch each URL once; measure it.
+        outcomes = (
+            busy_url[URLS]
+            | "Fetch images" >> FetchImages(self.archives, cfg)
+            | "Measure images" >> beam.Map(_measured, cfg)
+        )
+        attached = (
+            {"o": outcomes, "c": busy_url[KEPT]}
+            | "Join outcomes" >> beam.CoGroupByKey()
+            | "Attach" >> beam.FlatMap(_attach).with_outputs(REJECTED, IMAGES, main=KEPT)
+        )
+        rejected.append(attached[REJECTED])
+        by_sha = attached[KEPT]
+        # 3. Alt-texts per content hash: the same image under many URLs.
+        sha_texts = by_sha | "Hash texts" >> beam.Map(lambda kv: (kv[0], text_key(kv[1].alt_text)))
+        busy_sha = by_sha | "Texts per hash" >> RejectBusyImages(sha_texts, cfg, "hash")
+        rejected.append(busy_sha[REJECTED])
+        by_sha = busy_sha[KEPT]
+        images = attached[IMAGES] | "One per hash" >> beam.CombinePerKey(
+            lambda infos: min(infos, key=lambda i: i.url)
+        )
+        # Each image is known by the smallest uid among its candidates.
+        rep_uid = (
+            by_sha
+            | "Uids" >> beam.Map(lambda kv: (kv[0], kv[1].uid))
+            | ("Representative" >> beam.CombinePerKey(min))
+        )
+        entries = (
+            {"img": images, "uid": rep_uid}
+            | "Join images" >> beam.CoGroupByKey()
+            | "Entries"
+            >> beam.FlatMap(
+                lambda kv: (
+                    [(kv[0], (kv[1]["uid"][0], kv[1]["img"][0]))]
+                    if kv[1]["uid"] and kv[1]["img"]
+                    else []
+                )
+            )
+        )
+        verdicts = entries | "Image rules" >> _ImageRules(cfg)
+        final = (
+            {"v": verdicts, "c": by_sha}
+            | "Join verdicts" >> beam.CoGroupByKey()
+            | "Apply verdicts" >> beam.FlatMap(_apply_verdict).with_outputs(REJECTED, main=KEPT)
+        )
+        rejected.append(final[REJECTED])
+        return {
+            KEPT: final[KEPT],
+            REJECTED: tuple(rejected) | "All image rejects" >> beam.Flatten(),
+        }
+
+
+class _ImageRules(beam.PTransform):
+    """(sha, (rep uid, ImageInfo)) -> (sha, Rejection | (ImageInfo, nsfw score))."""
+
+    def __init__(self, cfg: CurationConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, entries):
+        cfg = self.cfg
+        p = entries.pipeline
+        verdicts = []
+        survivors = entries
+        # Eval-set duplicates: the eval hashes are a fixed, small reference set.
+        if cfg.eval_images:
+            eval_paths = _expand_globs(cfg.eval_images)
+            index = (
+                p
+                | "Eval images" >> beam.Create(eval_paths)
+                | "Hash eval images" >> beam.FlatMap(_eval_entry)
+                | "Eval list" >> beam.combiners.ToList()
+                | "Eval index" >> beam.Map(EvalIndex)
+            )
+            checked = survivors | "Eval duplicates" >> beam.FlatMap(
+                _check_eval, cfg.eval_dup_distance, index=beam.pvalue.AsSingleton(index)
+            ).with_outputs(REJECTED, main=KEPT)
+            verdicts.append(checked[REJECTED])
+            survivors = checked[KEPT]
+        # Near-duplicates within the run.
+        if cfg.near_dup_distance >= 0:
+            losers = (
+                survivors
+                | "Uid and hash" >> beam.Map(lambda kv: (kv[1][0], kv[1][1].phash))
+                | "Near duplicates" >> FindNearDuplicates(cfg.near_dup_distance)
+            )
+            by_uid = survivors | "Key by rep uid" >> beam.Map(lambda kv: (kv[1][0], kv))
+            checked = (
+                {"loser": losers, "e": by_uid}
+                | "Join near dups" >> beam.CoGroupByKey()
+                | "Drop near dups" >> beam.FlatMap(_drop_near).with_outputs(REJECTED, main=KEPT)
+            )
+            verdicts.append(checked[REJECTED])
+            survivors = checked[KEPT]
+        # NSFW last: the dearest, on the fewest images.
+        if cfg.nsfw:
+            scored = (
+                survivors
+                | "Image bytes" >> beam.Map(lambda kv: (kv[0], kv[1][1].data))
+                | "Score NSFW" >> RunInference(KeyedModelHandler(NsfwModelHandler()))
+                | "Score" >> beam.Map(lambda kv: (kv[0], float(kv[1].inference)))
+            )
+            kept = (
+                {"s": scored, "e": survivors}
+                | "Join scores" >> beam.CoGroupByKey()
+                | "Apply NSFW" >> beam.FlatMap(_apply_nsfw, cfg)
+            )
+        else:
+            kept = survivors | "No NSFW" >> beam.Map(lambda kv: (kv[0], (kv[1][1], None)))
+        return (*verdicts, kept) | "All verdicts" >> beam.Flatten()
+
+
+def _expand_globs(patterns: Iterable[str]) -> list[str]:
+    found = []
+    for pattern in patterns:
+        for match in FileSystems.match([pattern])[0].metadata_list:
+            found.append(match.path)
+    return sorted(set(found))
+
+
+def _check_eval(entry, k: int, index: EvalIndex) -> Iterator[Any]:
+    sha, (_, info) = entry
+    hit = index.closest(info.phash, k)
+    if hit is None:
+        yield entry
+    else:
+        yield beam.pvalue.TaggedOutput(
+            REJECTED,
+            (sha, Rejection(_IMAGE, reasons.EVAL_DUPLICATE, f"{hit[0]} (distance {hit[1]})")),
+        )
+
+
+def _drop_near(item) -> Iterator[Any]:
+    _, joined = item
+    for sha, entry in joined["e"]:
+        if joined["loser"]:
+            yield beam.pvalue.TaggedOutput(
+                REJECTED, (sha, Rejection(_IMAGE, reasons.NEAR_DUPLICATE, joined["loser"][0]))
+            )
+        else:
+            yield sha, entry
+
+
+def _apply_nsfw(item, cfg: CurationConfig) -> Iterator[Any]:
+    sha, joined = item
+    for _, info in joined["e"]:
+        score = joined["s"][0] if joined["s"] else 1.0
+        rejection = check_nsfw(score, cfg)
+        yield sha, (rejection if rejection is not None else (info, score))
+
+
+def _apply_verdict(item) -> Iterator[Any]:
+    _, joined = item
+    verdict = joined["v"][0] if joined["v"] else None
+    for candidate in joined["c"]:
+        if verdict is None:
+            yield _reject(candidate, Rejection(_IMAGE, reasons.FETCH_FAILED, "no verdict"))
+        elif isinstance(verdict, Rejection):
+            yield _reject(candidate, verdict)
+        else:
+            info, score = verdict
+            yield dataclasses.replace(
+                candidate,
+                width=info.width,
+                height=info.height,
+                original_width=info.original_width,
+                original_height=info.original_height,
+                image_format=info.image_format,
+                sha256=info.sha256,
+                phash=info.phash,
+                nsfw_score=score,
+                image=info.data,
+            )
