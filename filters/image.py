@@ -16,6 +16,7 @@ import zlib
 from dataclasses import dataclass
 
 import imagehash
+import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from curation import reasons
@@ -107,11 +108,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     """Any Pillow mode to RGB: alpha over white, 16-bit scaled down, palette expanded."""
     if im.mode == "RGB":
         return im
-    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if im.mode.startswith(("I;16", "I", "F")):
         # 16/32-bit greyscale: stretch to 8 bits by the image's own range.
-        lo, hi = im.getextrema()
-        scale = 255.0 / (hi - lo) if hi > lo else 1.0
-        im = im.point(lambda v: (v - lo) * scale).convert("L")
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(scaled.astype(np.uint8), mode="L")
     if im.mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -127,8 +129,8 @@ def decode(data: bytes, min_side: int | None = THUMBNAIL_SIDE) -> Image.Image | 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Pillow opens animations on their first frame, which is the one we keep.
             im = Image.open(io.BytesIO(data))
-            im.seek(0)  # the first frame of an animation
             if min_side and im.format == "JPEG":
                 w, h = im.size
                 scale = min(w, h) / min_side

@@ -1,0 +1,119 @@
+"""The image stage end to end: offline from real archives, and over HTTP from 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from curation import reasons
+from pipelines.cli import main
+from tests.conftest import SHARED_DATA, WARC_DIR, require
+from tests.image_server import ImageServer, jpeg_bytes, serve
+from tests.test_cli import check_invariant
+
+FETCH_OR_IMAGE = ("fetch", "image")
+
+
+def test_real_archives_with_their_images_offline(tmp_path) -> None:
+    names = ["ukwa_wikipedia_main-page.warc.gz", "servo_Wikipedia.warc.gz", "aut_example.warc.gz"]
+    inputs = [str(require(WARC_DIR / n)) for n in names]
+    out = tmp_path / "out"
+    assert main(["run", "--input", *inputs, "--output", str(out), "--images-from", "archive"]) == 0
+    kept, rejected, stats = check_invariant(out)
+    image_reasons = Counter(r["reason"] for r in rejected if r["stage"] in FETCH_OR_IMAGE)
+    # Wikipedia's main page shows 100 px thumbnails: ALIGN's 200 px rule removes them.
+    assert image_reasons[reasons.IMAGE_TOO_SMALL] > 0
+    assert sum(image_reasons.values()) + len(kept) == stats["totals"]["extracted"] - sum(
+        stats["rejected"]["text"].values()
+    )
+
+
+def _coco_half() -> bytes:
+    path = require(SHARED_DATA / "evalsets" / "coco_val2014" / "COCO_val2014_000000000192.jpg")
+    im = Image.open(path).convert("RGB")
+    im = im.resize((im.width // 2, im.height // 2))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server():
+    s = ImageServer()
+    s.images["/coco-copy.jpg"] = _coco_half()
+    s.images["/small.jpg"] = jpeg_bytes((120, 100))
+    s.images["/other-look.jpg"] = jpeg_bytes((400, 300), colour=20)
+    with serve(s):
+        yield s
+
+
+def test_http_end_to_end(tmp_path, server: ImageServer) -> None:
+    rows = [
+        ("/ok.jpg", "white stripes painted on a blue wall"),
+        ("/ok.jpg", "a blue wall with thin white stripes"),  # the same URL again
+        ("/other.jpg", "stripes of white paint on a blue background"),  # same bytes
+        ("/404.jpg", "a photo that has gone missing"),
+        ("/to-metadata.jpg", "a redirect into the cloud metadata server"),
+        ("/coco-copy.jpg", "a resized copy of an evaluation photo"),
+        ("/fake.jpg", "an error page served as a picture"),
+        ("/small.jpg", "a tiny thumbnail of a blue wall"),
+        ("/private/x.jpg", "a picture the robots file forbids"),
+    ]
+    table = tmp_path / "urls.tsv"
+    table.write_text(
+        "url\tcaption\n" + "".join(f"{server.base}{path}\t{text}\n" for path, text in rows)
+    )
+    evals = SHARED_DATA / "evalsets" / "coco_val2014" / "*.jpg"
+    out = tmp_path / "out"
+    args = ["run", "--input", str(table), "--output", str(out), "--images-from", "http"]
+    args += ["--allow-private-network", "true", "--eval-images", str(evals), "--max-retries", "0"]
+    assert main(args) == 0
+    kept, rejected, _ = check_invariant(out)
+    assert sorted(r["alt_text"] for r in kept) == sorted(t for _, t in rows[:3])
+    assert {r["alt_text"]: r["reason"] for r in rejected} == {
+        rows[3][1]: "http_404",
+        rows[4][1]: reasons.PRIVATE_ADDRESS,
+        rows[5][1]: reasons.EVAL_DUPLICATE,
+        rows[6][1]: reasons.NOT_AN_IMAGE,
+        rows[7][1]: reasons.IMAGE_TOO_SMALL,
+        rows[8][1]: reasons.ROBOTS_DISALLOWED,
+    }
+    eval_reject = next(r for r in rejected if r["reason"] == reasons.EVAL_DUPLICATE)
+    assert eval_reject["detail"].startswith("COCO_val2014_000000000192.jpg")
+    # Each unique URL was fetched once, robots.txt once for the host.
+    assert server.hits["/ok.jpg"] == 1
+    assert server.hits["/robots.txt"] == 1
+    assert server.hits["/private/x.jpg"] == 0
+    assert {r["sha256"] for r in kept} == {kept[0]["sha256"]}
+
+
+def test_texts_per_image_limit_stops_the_fetch(tmp_path, server: ImageServer) -> None:
+    table = tmp_path / "urls.csv"
+    lines = [f"{server.base}/other-look.jpg,caption number {i} for one picture" for i in range(4)]
+    lines.append(f"{server.base}/ok.jpg,a single caption for this picture")
+    table.write_text("url,caption\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    args = ["run", "--input", str(table), "--output", str(out), "--images-from", "http"]
+    args += ["--allow-private-network", "true", "--max-texts-per-image", "3"]
+    assert main(args) == 0
+    kept, rejected, _ = check_invariant(out)
+    assert [r["alt_text"] for r in kept] == ["a single caption for this picture"]
+    assert {r["reason"] for r in rejected} == {reasons.IMAGE_TOO_MANY_TEXTS}
+    assert server.hits["/other-look.jpg"] == 0  # never downloaded
+
+
+def test_resize_keep_ratio(tmp_path, server: ImageServer) -> None:
+    table = tmp_path / "urls.csv"
+    table.write_text(f"url,caption\n{server.base}/other-look.jpg,a dark blue wall with stripes\n")
+    out = tmp_path / "out"
+    args = ["run", "--input", str(table), "--output", str(out), "--images-from", "http"]
+    args += ["--allow-private-network", "true", "--resize-mode", "keep_ratio"]
+    args += ["--resize-max-side", "256"]
+    assert main(args) == 0
+    (row,), _, _ = check_invariant(out)
+    assert (row["original_width"], row["original_height"]) == (400, 300)
+    assert (row["width"], row["height"]) == (256, 192)
+    assert Image.open(io.BytesIO(row["image"])).size == (256, 192)
