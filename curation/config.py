@@ -15,6 +15,7 @@ from typing import Any, Self
 import yaml
 
 from curation import reasons
+from curation.shards import FORMATS as SHARD_FORMATS
 
 # Placeholder alt-texts: ALIGN §3 names "alt img" as a frequent generic text; the rest are the
 # defaults that CMSs, editors and image tools write when an author gives none (WordPress
@@ -254,6 +255,16 @@ class CurationConfig:
     shard_size: int = _opt(
         10_000, "records per output shard", "img2dataset's and DataComp's 10,000 per shard"
     )
+    shard_max_bytes: int = _opt(
+        0,
+        "also cap a shard's image bytes (0: by count alone)",
+        "off: 10,000 images of ~100 KB already make ~1 GB shards",
+    )
+    formats: tuple[str, ...] = _opt(
+        ("parquet",),
+        "shard formats: parquet, tfrecord, webdataset (comma-separated)",
+        "Parquet for analysis; TFRecord for tf.data; WebDataset for open_clip",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -303,6 +314,12 @@ class CurationConfig:
             raise ConfigError("config key 'jpeg_quality': must be between 1 and 100")
         if self.languages and not self.detect_language:
             raise ConfigError("config key 'languages' needs detect_language: true")
+        bad = [f for f in self.formats if f not in SHARD_FORMATS]
+        if bad or not self.formats:
+            raise ConfigError(
+                f"config key 'formats': unknown {bad[0] if bad else 'empty'!r} "
+                f"(known: {', '.join(SHARD_FORMATS)})"
+            )
         if self.shard_size < 1:
             raise ConfigError("config key 'shard_size': must be at least 1")
 

@@ -128,7 +128,8 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
     from pipelines.run import CONFIG_FILE, REJECTS_DIR, SHARDS_DIR, STATS_FILE
 
-    ours = [FileSystems.join(output, n) for n in (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR)]
+    names = (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR, "tfrecord", "webdataset")
+    ours = [FileSystems.join(output, n) for n in names]
     existing = [p for p in ours if FileSystems.exists(p)]
     if existing and not overwrite:
         raise CurateError(
@@ -210,6 +211,11 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         cfg = CurationConfig.load(args.config, overrides)
     except ConfigError as e:
         raise CurateError(str(e)) from e
+    if args.stop_after != reasons.STAGE_IMAGE and set(cfg.formats) - {"parquet"}:
+        raise CurateError(
+            f"--formats {','.join(cfg.formats)} needs the images: "
+            f"drop --stop-after {args.stop_after}, or write parquet only"
+        )
     inputs = expand_inputs(args.input)
     check_tables(inputs, cfg)
     prepare_output(args.output, args.overwrite)

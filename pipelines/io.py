@@ -8,7 +8,6 @@ looks complete.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import uuid
 from collections.abc import Iterable
@@ -16,9 +15,10 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+
+from curation.shards import SUFFIX, encode_shard
 
 TMP_PREFIX = ".tmp-"
 
@@ -47,38 +47,37 @@ def read_bytes(path: str) -> bytes:
         return fh.read()
 
 
-def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
-    """Serialize rows to Parquet; the same rows in the same order give the same bytes."""
-    table = pa.Table.from_pylist(rows, schema=schema)
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", write_statistics=True)
-    return buf.getvalue()
-
-
 def shard_name(index: int, suffix: str) -> str:
     """The file name of shard `index`: 00000.parquet, 00001.parquet, ..."""
     return f"{index:05d}{suffix}"
 
 
-class WriteParquetShardFn(beam.DoFn):
-    """(shard index, rows) -> one Parquet file sorted by uid; yields its manifest entry."""
+class WriteShardFn(beam.DoFn):
+    """(shard index, rows) -> one file per format, rows sorted by uid; yields manifest entries."""
 
-    def __init__(self, directory: str, schema: pa.Schema) -> None:
-        self.directory = directory
+    def __init__(self, directories: dict[str, str], schema: pa.Schema) -> None:
+        self.directories = directories  # format -> folder
         self.schema = schema
 
     def process(self, element: tuple[int, Iterable[dict[str, Any]]]):
         index, rows = element
         # Sorting by uid makes the bytes independent of arrival order.
         ordered = sorted(rows, key=lambda r: r["uid"])
-        data = parquet_bytes(ordered, self.schema)
-        name = shard_name(index, ".parquet")
-        write_atomic(join(self.directory, name), data)
-        yield {"shard": name, "count": len(ordered), "sha256": hashlib.sha256(data).hexdigest()}
+        for fmt, directory in sorted(self.directories.items()):
+            data = encode_shard(fmt, ordered, self.schema)
+            name = shard_name(index, SUFFIX[fmt])
+            write_atomic(join(directory, name), data)
+            yield {
+                "shard": name,
+                "format": fmt,
+                "count": len(ordered),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
 
 
 def manifest_json(entries: list[dict[str, Any]]) -> bytes:
-    """_manifest.json: every shard with its sample count and checksum, in name order."""
+    """_manifest.json: every shard file with its sample count and checksum, in name order."""
     ordered = sorted(entries, key=lambda e: e["shard"])
     doc = {"shards": ordered, "total": sum(e["count"] for e in ordered)}
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()

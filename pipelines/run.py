@@ -29,6 +29,7 @@ from pipelines.transforms import (
 )
 
 SHARDS_DIR = "shards"
+# Other formats go to OUTPUT/<format>/: webdataset/, tfrecord/.
 REJECTS_DIR = "rejects"
 STATS_FILE = "stats.json"
 CONFIG_FILE = "config.yaml"
@@ -57,10 +58,13 @@ def build_pipeline(
     rejected = tuple(rejected_parts) | "All rejected" >> beam.Flatten(pipeline=p)
 
     _ = kept | "Write shards" >> WriteShards(
-        join(output, SHARDS_DIR), CANDIDATE_SCHEMA, cfg.shard_size
+        shard_directories(output, cfg.formats),
+        CANDIDATE_SCHEMA,
+        cfg.shard_size,
+        cfg.shard_max_bytes,
     )
     _ = rejected | "Write rejects ledger" >> WriteShards(
-        join(output, REJECTS_DIR), REJECT_SCHEMA, cfg.shard_size
+        {"parquet": join(output, REJECTS_DIR)}, REJECT_SCHEMA, cfg.shard_size
     )
     funnel = (
         tuple(tallies)
@@ -68,6 +72,12 @@ def build_pipeline(
         | "Count funnel" >> CountFunnel(kept, rejected)
     )
     _ = funnel | "Write stats" >> beam.Map(write_stats, join(output, STATS_FILE))
+
+
+def shard_directories(output: str, formats: tuple[str, ...]) -> dict[str, str]:
+    """Where each format's shards go: Parquet in shards/, the others in a folder named after
+    the format, so that a Parquet reader pointed at shards/ meets only Parquet."""
+    return {f: join(output, SHARDS_DIR if f == "parquet" else f) for f in formats}
 
 
 def _text_stage(candidates, raw, cfg: CurationConfig):

@@ -6,6 +6,7 @@ counts leave as (stage, name, n) tallies and are combined into stats.json.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -20,13 +21,13 @@ from curation import reasons
 from curation.config import CurationConfig
 from curation.extract import candidates_from_archive, candidates_from_table, is_table_path
 from curation.record import Candidate, Rejected, Rejection
+from curation.shards import SUFFIX, encode_shard
 from curation.stats import Funnel
 from filters.text import check_candidate
 from pipelines.io import (
-    WriteParquetShardFn,
+    WriteShardFn,
     join,
     manifest_json,
-    parquet_bytes,
     remove_stale_temporaries,
     shard_name,
     write_atomic,
@@ -191,55 +192,91 @@ class FunnelCombineFn(beam.CombineFn):
 
 
 class WriteShards(beam.PTransform):
-    """Write records as `{shard:05d}.parquet` files sorted by uid, plus _manifest.json.
+    """Write records as `{shard:05d}.<format>` files sorted by uid, plus _manifest.json.
 
-    Records go to shard hash(uid) mod ceil(count / shard_size): the shard of a record
-    depends on its uid and the total alone, so every runner writes the same files.
+    Records go to shard hash(uid) mod n, with n = ceil(count / shard_size), raised to
+    ceil(image bytes / shard_max_bytes) when that is set: the shard of a record depends on
+    its uid and the totals alone, so every runner writes the same files.
     """
 
-    def __init__(self, directory: str, schema: pa.Schema, shard_size: int) -> None:
+    def __init__(
+        self,
+        directories: dict[str, str],
+        schema: pa.Schema,
+        shard_size: int,
+        shard_max_bytes: int = 0,
+    ) -> None:
         super().__init__()
-        self.directory = directory
+        self.directories = directories  # format -> folder; the same records in each
         self.schema = schema
         self.shard_size = shard_size
+        self.shard_max_bytes = shard_max_bytes
 
     def expand(self, records):
         rows = records | "To rows" >> beam.Map(lambda r: r.to_row())
-        count = rows | "Count" >> beam.combiners.Count.Globally()
+        totals = (
+            rows
+            | "Count and size" >> beam.Map(lambda r: (1, len(r.get("image") or b"")))
+            | "Totals" >> beam.CombineGlobally(_sum_pairs)
+            | "Shard count"
+            >> beam.Map(lambda t: _shard_count(t[0], t[1], self.shard_size, self.shard_max_bytes))
+        )
         shards = (
             rows
             | "Assign shard"
             >> beam.Map(
-                lambda row, n: (_shard_of(row["uid"], n, self.shard_size), row),
-                n=beam.pvalue.AsSingleton(count),
+                lambda row, n: (int(row["uid"][:12], 16) % n, row),
+                n=beam.pvalue.AsSingleton(totals),
             )
             | "Group shard" >> beam.GroupByKey()
-            | "Write shard" >> beam.ParDo(WriteParquetShardFn(self.directory, self.schema))
+            | "Write shard" >> beam.ParDo(WriteShardFn(self.directories, self.schema))
         )
         return (
             shards
             | "Collect manifest" >> beam.combiners.ToList()
-            | "Write manifest" >> beam.Map(_finish_shards, self.directory, self.schema)
+            | "Write manifest" >> beam.Map(_finish_shards, self.directories, self.schema)
         )
 
 
-def _shard_of(uid: str, count: int, shard_size: int) -> int:
-    n_shards = max(1, math.ceil(count / shard_size))
-    return int(uid[:12], 16) % n_shards
+def _sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    count = size = 0
+    for c, s in pairs:
+        count += c
+        size += s
+    return count, size
 
 
-def _finish_shards(entries: list[dict[str, Any]], directory: str, schema: pa.Schema) -> int:
-    if not entries:
-        # An empty result still gets one (empty) shard, so readers find the schema.
-        import hashlib
+def _shard_count(count: int, size: int, shard_size: int, shard_max_bytes: int) -> int:
+    n = math.ceil(count / shard_size)
+    if shard_max_bytes:
+        n = max(n, math.ceil(size / shard_max_bytes))
+    return max(1, n)
 
-        data = parquet_bytes([], schema)
-        name = shard_name(0, ".parquet")
-        write_atomic(join(directory, name), data)
-        entries = [{"shard": name, "count": 0, "sha256": hashlib.sha256(data).hexdigest()}]
-    write_atomic(join(directory, "_manifest.json"), manifest_json(entries))
-    remove_stale_temporaries(directory)
-    return sum(e["count"] for e in entries)
+
+def _finish_shards(
+    entries: list[dict[str, Any]], directories: dict[str, str], schema: pa.Schema
+) -> int:
+    total = 0
+    for fmt, directory in sorted(directories.items()):
+        mine = [e for e in entries if e["format"] == fmt]
+        if not mine:
+            # An empty result still gets one (empty) shard, so readers find a file.
+            data = encode_shard(fmt, [], schema)
+            name = shard_name(0, SUFFIX[fmt])
+            write_atomic(join(directory, name), data)
+            mine = [
+                {
+                    "shard": name,
+                    "format": fmt,
+                    "count": 0,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            ]
+        write_atomic(join(directory, "_manifest.json"), manifest_json(mine))
+        remove_stale_temporaries(directory)
+        total = sum(e["count"] for e in mine)
+    return total
 
 
 def write_stats(funnel: Funnel, path: str) -> Funnel:

@@ -1,0 +1,189 @@
+"""Shard encoders: Parquet (img2dataset-compatible columns), TFRecord of tf.train.Example,
+and WebDataset tar. Pure functions from rows to bytes; the same rows give the same bytes.
+
+TFRecord is written without TensorFlow: tf.train.Example is a small protobuf, encoded here
+by hand, framed as TFRecord with masked CRC-32C checksums.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import google_crc32c
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.record import CANDIDATE_SCHEMA
+
+FORMATS = ("parquet", "tfrecord", "webdataset")
+SUFFIX = {"parquet": ".parquet", "tfrecord": ".tfrecord", "webdataset": ".tar"}
+
+# img2dataset's column names, added beside ours so that its readers find them.
+IMG2DATASET_ALIASES = (("key", "uid"), ("url", "image_url"), ("caption", "alt_text"))
+SHARD_SCHEMA = pa.schema(
+    [
+        pa.field("key", pa.string()),
+        pa.field("url", pa.string()),
+        pa.field("caption", pa.string()),
+        *CANDIDATE_SCHEMA,
+    ]
+)
+
+# Pillow format name -> the file extension that WebDataset/open_clip loaders look for.
+EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "MPO": "jpg"}
+
+
+def image_extension(image_format: str | None) -> str:
+    """File extension for a Pillow format name (jpg, png, webp, ...)."""
+    if not image_format:
+        return "bin"
+    return EXTENSIONS.get(image_format.upper(), image_format.lower())
+
+
+def with_aliases(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A kept row with img2dataset's key/url/caption columns added."""
+    out = {alias: row[ours] for alias, ours in IMG2DATASET_ALIASES}
+    out.update(row)
+    return out
+
+
+def parquet_bytes(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+    """Rows as one Parquet file (zstd); the same rows in the same order give the same bytes."""
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", write_statistics=True)
+    return buf.getvalue()
+
+
+# --- tf.train.Example, by hand.
+
+
+def _varint(n: int) -> bytes:
+    n &= (1 << 64) - 1  # negative int64s are 10-byte two's complement varints
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _feature(value: Any) -> bytes:
+    values = value if isinstance(value, list | tuple) else [value]
+    if all(isinstance(v, bytes | str) for v in values):
+        items = b"".join(_field(1, v.encode() if isinstance(v, str) else v) for v in values)
+        return _field(1, items)  # BytesList
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return _field(3, _field(1, b"".join(_varint(v) for v in values)))  # Int64List, packed
+    if all(isinstance(v, int | float) for v in values):
+        return _field(2, _field(1, struct.pack(f"<{len(values)}f", *values)))  # FloatList
+    raise TypeError(f"cannot encode {value!r} as a tf.train.Feature")
+
+
+def encode_example(features: Mapping[str, Any]) -> bytes:
+    """A tf.train.Example protobuf; keys sorted so that the bytes are deterministic."""
+    entries = b"".join(
+        _field(1, _field(1, key.encode()) + _field(2, _feature(features[key])))
+        for key in sorted(features)
+        if features[key] is not None
+    )
+    return _field(1, entries)
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TFRecord's masked CRC-32C."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tfrecord_frame(record: bytes) -> bytes:
+    """One TFRecord: length, CRC of the length, data, CRC of the data."""
+    length = struct.pack("<Q", len(record))
+    return (
+        length
+        + struct.pack("<I", masked_crc32c(length))
+        + record
+        + struct.pack("<I", masked_crc32c(record))
+    )
+
+
+def example_features(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The tf.train.Example fields of a kept row (the usual image/* names, plus ours)."""
+    return {
+        "image/encoded": row["image"],
+        "image/format": image_extension(row["image_format"]),
+        "image/width": row["width"],
+        "image/height": row["height"],
+        "image/original_width": row["original_width"],
+        "image/original_height": row["original_height"],
+        "image/sha256": row["sha256"],
+        "image/phash": row["phash"],
+        "caption": row["alt_text"],
+        "key": row["uid"],
+        "url": row["image_url"],
+        "page_url": row["page_url"],
+        "text_lang": row["text_lang"],
+        "nsfw_score": row["nsfw_score"],
+    }
+
+
+def tfrecord_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """A TFRecord file of tf.train.Example, one per kept row."""
+    return b"".join(tfrecord_frame(encode_example(example_features(r))) for r in rows)
+
+
+# --- WebDataset.
+
+
+def _member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    # Fixed metadata: the tar's bytes depend on the samples alone.
+    info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = 0, 0o644, 0, 0, "", ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def sample_metadata(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The key.json of a WebDataset sample: every column but the image bytes."""
+    return {k: v for k, v in with_aliases(row).items() if k != "image"}
+
+
+def webdataset_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
+    """A WebDataset tar: key.<ext>, key.txt and key.json per sample; keys are uids (hex), so
+    no member name comes from a URL or an alt-text."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row in rows:
+            key = row["uid"]
+            assert key.isalnum(), "tar member names are built from hex uids only"
+            _member(tar, f"{key}.{image_extension(row['image_format'])}", row["image"])
+            _member(tar, f"{key}.txt", row["alt_text"].encode())
+            meta = json.dumps(sample_metadata(row), sort_keys=True, ensure_ascii=False)
+            _member(tar, f"{key}.json", meta.encode())
+    return buf.getvalue()
+
+
+def encode_shard(fmt: str, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+    """One shard's bytes in one format."""
+    if fmt == "parquet":
+        if schema.equals(CANDIDATE_SCHEMA):  # kept records: add img2dataset's columns
+            return parquet_bytes([with_aliases(r) for r in rows], SHARD_SCHEMA)
+        return parquet_bytes(rows, schema)
+    if fmt == "tfrecord":
+        return tfrecord_bytes(rows)
+    if fmt == "webdataset":
+        return webdataset_bytes(rows)
+    raise ValueError(f"unknown shard format {fmt!r} (known: {', '.join(FORMATS)})")

@@ -1,0 +1,158 @@
+"""Every shard format read back by an independent reader."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from pathlib import Path
+
+import google_crc32c
+import pyarrow.dataset as ds
+import pytest
+import webdataset as wds
+from PIL import Image
+from tfrecord import example_pb2
+
+from curation.shards import encode_example, masked_crc32c, tfrecord_frame, webdataset_bytes
+from pipelines.cli import main
+from tests.conftest import SAMPLE_WARC
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("shards") / "out"
+    args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
+    assert main([*args, "--formats", "parquet,tfrecord,webdataset", "--shard-size", "5"]) == 0
+    return out
+
+
+def test_manifest_lists_every_file_with_its_checksum(output: Path) -> None:
+    import hashlib
+
+    for folder, suffix in (
+        ("shards", ".parquet"),
+        ("tfrecord", ".tfrecord"),
+        ("webdataset", ".tar"),
+    ):
+        manifest = json.loads((output / folder / "_manifest.json").read_text())
+        assert manifest["total"] == 12
+        names = {e["shard"] for e in manifest["shards"]}
+        on_disk = {p.name for p in (output / folder).iterdir() if not p.name.startswith("_")}
+        assert names == on_disk
+        for e in manifest["shards"]:
+            data = (output / folder / e["shard"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == e["sha256"] and len(data) == e["bytes"]
+        # shard_size 5 and 12 records: 3 shards, named {shard:05d}
+        assert sorted(names) == [f"0000{i}{suffix}" for i in range(3)]
+    # The same records in shard i of every format.
+    by_format = {
+        folder: json.loads((output / folder / "_manifest.json").read_text())["shards"]
+        for folder in ("shards", "tfrecord", "webdataset")
+    }
+    counts = {f: [e["count"] for e in entries] for f, entries in by_format.items()}
+    assert counts["shards"] == counts["tfrecord"] == counts["webdataset"]
+
+
+def test_parquet_with_pyarrow_dataset(output: Path) -> None:
+    table = ds.dataset(output / "shards", format="parquet").to_table()
+    assert table.num_rows == 12
+    for col in ("key", "url", "caption", "width", "height", "original_width", "original_height"):
+        assert col in table.column_names
+    rows = table.to_pylist()
+    assert all(r["key"] == r["uid"] and r["caption"] == r["alt_text"] for r in rows)
+    assert all(Image.open(io.BytesIO(r["image"])).size == (r["width"], r["height"]) for r in rows)
+
+
+def test_webdataset_with_the_webdataset_library(output: Path) -> None:
+    tars = sorted(str(p) for p in (output / "webdataset").glob("*.tar"))
+    samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
+    assert len(samples) == 12
+    for s in samples:
+        image_key = next(k for k in s if k in ("jpg", "png", "webp", "gif"))
+        Image.open(io.BytesIO(s[image_key])).load()
+        meta = json.loads(s["json"])
+        assert meta["uid"] == s["__key__"] and s["txt"].decode() == meta["caption"]
+
+
+def read_tfrecords(path: Path) -> list[bytes]:
+    """A reader of our own that checks both CRCs of every record."""
+    data, pos, records = path.read_bytes(), 0, []
+    while pos < len(data):
+        header = data[pos : pos + 8]
+        (length,) = struct.unpack("<Q", header)
+        (crc_len,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        assert crc_len == masked_crc32c(header)
+        record = data[pos + 12 : pos + 12 + length]
+        (crc_data,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
+        assert crc_data == masked_crc32c(record)
+        records.append(record)
+        pos += 16 + length
+    return records
+
+
+def test_tfrecord_crcs_and_examples(output: Path) -> None:
+    records = [
+        r for p in sorted((output / "tfrecord").glob("*.tfrecord")) for r in read_tfrecords(p)
+    ]
+    assert len(records) == 12
+    for raw in records:
+        ex = example_pb2.Example()
+        ex.ParseFromString(raw)
+        f = ex.features.feature
+        image = f["image/encoded"].bytes_list.value[0]
+        im = Image.open(io.BytesIO(image))
+        assert im.size == (
+            f["image/width"].int64_list.value[0],
+            f["image/height"].int64_list.value[0],
+        )
+        assert f["image/format"].bytes_list.value[0] in (b"jpg", b"png")
+        assert f["caption"].bytes_list.value[0].decode()
+        assert len(f["key"].bytes_list.value[0]) == 32
+        assert 0.0 <= f["nsfw_score"].float_list.value[0] < 1.0
+
+
+def test_tfrecord_with_the_tfrecord_package(output: Path) -> None:
+    from tfrecord.reader import tfrecord_loader
+
+    path = sorted((output / "tfrecord").glob("*.tfrecord"))[0]
+    items = list(tfrecord_loader(str(path), None, {"caption": "byte", "image/width": "int"}))
+    assert items and all(int(x["image/width"][0]) > 200 for x in items)
+
+
+def test_example_encoding_matches_protobuf() -> None:
+    raw = encode_example({"a": b"xy", "n": -3, "f": 0.5, "list": [1, 2, 300], "skip": None})
+    ex = example_pb2.Example()
+    ex.ParseFromString(raw)
+    f = ex.features.feature
+    assert f["a"].bytes_list.value == [b"xy"]
+    assert f["n"].int64_list.value == [-3]
+    assert f["f"].float_list.value == [0.5]
+    assert f["list"].int64_list.value == [1, 2, 300]
+    assert "skip" not in f
+
+
+def test_crc32c_and_framing() -> None:
+    assert google_crc32c.value(b"123456789") == 0xE3069283  # the CRC-32C check value
+    frame = tfrecord_frame(b"hello")
+    assert len(frame) == 8 + 4 + 5 + 4
+
+
+def test_tar_members_are_safe_and_deterministic() -> None:
+    row = {
+        "uid": "ab" * 16,
+        "image_format": "JPEG",
+        "image": b"\xff\xd8\xff",
+        "alt_text": "../../etc/passwd",
+        "image_url": "http://x/../../a.jpg",
+        "page_url": "",
+    }
+    data = webdataset_bytes([row])
+    assert data == webdataset_bytes([row])
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert names == [f"{'ab' * 16}.jpg", f"{'ab' * 16}.txt", f"{'ab' * 16}.json"]
+    with pytest.raises(AssertionError):
+        webdataset_bytes([{**row, "uid": "../evil"}])
