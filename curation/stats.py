@@ -109,3 +109,96 @@ class Funnel:
     def to_json(self) -> str:
         """stats.json text: sorted keys, so equal funnels give equal bytes."""
         return json.dumps(self.to_json_dict(), indent=2, sort_keys=True) + "\n"
+
+
+# --- Distributions of the kept records: fixed-edge histograms and categorical counts.
+# Fixed edges make histograms mergeable by addition, so any order of merging agrees.
+
+_INF = float("inf")
+HISTOGRAM_EDGES: dict[str, tuple[float, ...]] = {
+    "width": (0, 128, 200, 256, 384, 512, 768, 1024, 1536, 2048, 4096, _INF),
+    "height": (0, 128, 200, 256, 384, 512, 768, 1024, 1536, 2048, 4096, _INF),
+    "shorter_side": (0, 128, 200, 256, 384, 512, 768, 1024, 1536, 2048, 4096, _INF),
+    "aspect_ratio": (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, _INF),
+    "file_size": (0, 10e3, 30e3, 100e3, 300e3, 1e6, 3e6, 10e6, _INF),
+    "text_unigrams": (0, 3, 5, 8, 12, 16, 21, 30, _INF),
+    "nsfw_score": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, _INF),
+    "near_dup_group_size": (2, 3, 4, 6, 11, 21, 51, _INF),
+}
+
+
+def _bucket(edges: tuple[float, ...], value: float) -> int:
+    for i in range(len(edges) - 1):
+        if edges[i] <= value < edges[i + 1]:
+            return i
+    return 0 if value < edges[0] else len(edges) - 2
+
+
+class Distributions:
+    """Histograms (fixed edges) and categorical counts over records; merged by addition."""
+
+    __slots__ = ("categories", "histograms")
+
+    def __init__(self) -> None:
+        self.histograms: dict[str, list[int]] = {
+            name: [0] * (len(edges) - 1) for name, edges in HISTOGRAM_EDGES.items()
+        }
+        self.categories: dict[str, Counter[str]] = {"text_lang": Counter()}
+
+    def observe(self, name: str, value: float | None, n: int = 1) -> None:
+        """Count a value in histogram `name` (None is not counted)."""
+        if value is not None:
+            self.histograms[name][_bucket(HISTOGRAM_EDGES[name], value)] += n
+
+    def observe_category(self, name: str, value: str | None) -> None:
+        """Count a categorical value (None counts as 'unknown')."""
+        self.categories[name][value or "unknown"] += 1
+
+    def observe_kept(self, row: Mapping[str, Any], unigrams: int) -> None:
+        """Every distribution of one kept record."""
+        self.observe("text_unigrams", unigrams)
+        self.observe_category("text_lang", row.get("text_lang"))
+        w, h = row.get("original_width"), row.get("original_height")
+        if w and h:
+            self.observe("width", w)
+            self.observe("height", h)
+            self.observe("shorter_side", min(w, h))
+            self.observe("aspect_ratio", max(w, h) / min(w, h))
+        if row.get("image") is not None:
+            self.observe("file_size", len(row["image"]))
+        self.observe("nsfw_score", row.get("nsfw_score"))
+
+    def merge(self, other: Distributions) -> Distributions:
+        """A new object holding the sum of both."""
+        out = Distributions()
+        for d in (self, other):
+            for name, counts in d.histograms.items():
+                out.histograms[name] = [
+                    a + b for a, b in zip(out.histograms[name], counts, strict=True)
+                ]
+            for name, counter in d.categories.items():
+                out.categories[name].update(counter)
+        return out
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Distributions)
+            and self.histograms == other.histograms
+            and self.categories == other.categories
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Histograms as {edges, counts}; categories sorted by count, then name."""
+        return {
+            "histograms": {
+                name: {
+                    "edges": [e if e != _INF else None for e in HISTOGRAM_EDGES[name]],
+                    "counts": counts,
+                }
+                for name, counts in self.histograms.items()
+            },
+            "categories": {
+                name: dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+                for name, c in self.categories.items()
+            },
+        }

@@ -16,6 +16,13 @@ from typing import Any
 
 from curation import reasons
 from curation.config import ConfigError, CurationConfig, config_fields
+from curation.report import (
+    REPORT_FILE,
+    SAMPLES_FILE,
+    build_html,
+    compare_table,
+    funnel_table,
+)
 
 EXIT_USAGE = 2
 
@@ -64,9 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--input",
         nargs="+",
-        required=True,
         metavar="PATH_OR_GLOB",
         help="archives or tables; globs, folders and gs:// paths work",
+    )
+    run.add_argument(
+        "--retry-failed",
+        metavar="PREVIOUS_OUTPUT",
+        help="re-run only the candidates of an earlier run whose fetch failed for a transient "
+        "reason (timeout, 429, 5xx, DNS, connection), and write a new complete output to "
+        "--output; the earlier run's config is the base, flags override it",
     )
     run.add_argument("--output", required=True, metavar="DIR", help="output folder")
     run.add_argument("--config", metavar="FILE", help="YAML file of config keys (see below)")
@@ -79,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--overwrite", action="store_true", help="replace a run already in the output folder"
+    )
+    run.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="print a progress line this often on local runs (default: %(default)s)",
     )
     group = run.add_argument_group(
         "config keys", "each also settable in the --config file; flags win over the file"
@@ -96,7 +116,47 @@ def build_parser() -> argparse.ArgumentParser:
                 "%", "%%"
             ),
         )
+    rep = sub.add_parser(
+        "report",
+        help="print a run's funnel and rebuild its report.html; with two runs, compare them",
+        description=(
+            "With one OUTPUT: print the funnel as a table and rebuild OUTPUT/report.html from "
+            "stats.json and report_samples.parquet. With two: print both funnels side by "
+            "side (for example two thresholds)."
+        ),
+    )
+    rep.add_argument("outputs", nargs="+", metavar="OUTPUT", help="one or two run folders")
     return parser
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """`curate report`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.io import join, read_bytes, write_atomic
+    from pipelines.run import STATS_FILE
+
+    if len(args.outputs) > 2:
+        raise CurateError("curate report takes one run folder, or two to compare")
+    docs = []
+    for output in args.outputs:
+        try:
+            docs.append(json.loads(read_bytes(join(output, STATS_FILE))))
+        except Exception as e:
+            raise CurateError(f"{output}: no readable {STATS_FILE} ({e})") from e
+    if len(docs) == 2:
+        print(compare_table(docs[0], docs[1], (args.outputs[0], args.outputs[1])))
+        return 0
+    output = args.outputs[0]
+    print(funnel_table(docs[0]))
+    try:
+        samples = pq.read_table(pa.BufferReader(read_bytes(join(output, SAMPLES_FILE)))).to_pylist()
+    except Exception:
+        samples = []  # a run stopped before the image stage has no galleries
+    write_atomic(join(output, REPORT_FILE), build_html(docs[0], samples, title=output).encode())
+    print(f"wrote {join(output, REPORT_FILE)}", file=sys.stderr)
+    return 0
 
 
 def expand_inputs(patterns: list[str]) -> list[str]:
@@ -129,6 +189,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
     from pipelines.run import CONFIG_FILE, REJECTS_DIR, SHARDS_DIR, STATS_FILE
 
     names = (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR, "tfrecord", "webdataset")
+    names += (REPORT_FILE, SAMPLES_FILE)
     ours = [FileSystems.join(output, n) for n in names]
     existing = [p for p in ours if FileSystems.exists(p)]
     if existing and not overwrite:
@@ -207,6 +268,10 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         for k, v in vars(args).items()
         if k.startswith("cfg_") and v is not None
     }
+    if args.retry_failed:
+        return cmd_retry(args, beam_args, overrides)
+    if not args.input:
+        raise CurateError("--input is required (or --retry-failed PREVIOUS_OUTPUT)")
     try:
         cfg = CurationConfig.load(args.config, overrides)
     except ConfigError as e:
@@ -220,22 +285,82 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     check_tables(inputs, cfg)
     prepare_output(args.output, args.overwrite)
 
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from pipelines.io import join, write_atomic
     from pipelines.run import CONFIG_FILE, run
+
+    options = _pipeline_options(beam_args)
+    write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
+    print(f"curate: {len(inputs)} input file(s) -> {args.output}", file=sys.stderr)
+    from pipelines.progress import Reporter
+
+    with Reporter(interval=args.progress_interval):
+        run(inputs, args.output, cfg, options, stop_after=args.stop_after)
+    text, ok = summarize(args.output)
+    print(text)
+    return 0 if ok else 1
+
+
+def _pipeline_options(beam_args: list[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions
 
     try:
         options = PipelineOptions(beam_args)
         options.get_all_options(retain_unknown_options=False)
     except (SystemExit, ValueError) as e:
         raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
+    return options
+
+
+def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[str, Any]) -> int:
+    """`curate run --retry-failed PREVIOUS --output NEW`."""
+    from curation.stats import Funnel
+    from pipelines.io import join, read_bytes, write_atomic
+    from pipelines.progress import Reporter
+    from pipelines.run import CONFIG_FILE, STATS_FILE, run_retry
+
+    previous = args.retry_failed
+    if args.input:
+        raise CurateError("--retry-failed takes its candidates from the earlier run: drop --input")
+    if os.path.abspath(previous) == os.path.abspath(args.output):
+        raise CurateError("--retry-failed writes a new output: choose another --output")
+    try:
+        base = yaml_load(read_bytes(join(previous, CONFIG_FILE)))
+        stats = json.loads(read_bytes(join(previous, STATS_FILE)))
+    except Exception as e:
+        raise CurateError(f"--retry-failed {previous!r}: not a finished run ({e})") from e
+    try:
+        cfg = CurationConfig.from_mapping({**base, **_file_overrides(args.config), **overrides})
+    except ConfigError as e:
+        raise CurateError(str(e)) from e
+    prepare_output(args.output, args.overwrite)
+    options = _pipeline_options(beam_args)
     write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
-    print(f"curate: {len(inputs)} input file(s) -> {args.output}", file=sys.stderr)
-    run(inputs, args.output, cfg, options, stop_after=args.stop_after)
+    print(f"curate: retrying transient failures of {previous} -> {args.output}", file=sys.stderr)
+    with Reporter(interval=args.progress_interval):
+        run_retry(previous, args.output, cfg, Funnel.from_json_dict(stats), options)
     text, ok = summarize(args.output)
     print(text)
     return 0 if ok else 1
+
+
+def yaml_load(data: bytes) -> dict[str, Any]:
+    """A YAML mapping from bytes."""
+    import yaml
+
+    loaded = yaml.safe_load(data) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError("expected a mapping")
+    return loaded
+
+
+def _file_overrides(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml_load(fh.read().encode())
+    except (OSError, ValueError) as e:
+        raise CurateError(f"config file {path}: {e}") from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,6 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, beam_args)
+        if beam_args:
+            raise CurateError(f"unrecognized arguments: {' '.join(beam_args)}")
+        if args.command == "report":
+            return cmd_report(args)
     except CurateError as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,6 +23,7 @@ from apache_beam.ml.inference.base import (
     PredictionResult,
     RunInference,
 )
+from apache_beam.utils.shared import Shared
 
 from curation import reasons
 from curation.archive import iter_responses, read_response_at
@@ -43,10 +44,12 @@ from filters.image import (
     sniff_image,
 )
 from filters.nsfw import OpenNsfwScorer, check_nsfw
+from pipelines import progress
 
 KEPT = "kept"
 REJECTED = "rejected"
 URLS = "urls"
+PRIOR = "!"
 IMAGES = "images"
 _IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
 
@@ -157,12 +160,14 @@ class FetchImagesFn(beam.DoFn):
         self.cfg = cfg
 
     def setup(self) -> None:
-        self.fetcher = Fetcher(fetch_settings(self.cfg))
+        settings = fetch_settings(self.cfg)
+        # One fetcher per worker process, shared by every fetching step: robots.txt is then
+        # fetched once per host per worker, and the per-host limit holds across steps.
+        self.fetcher = _FETCHERS.acquire(lambda: _SharedFetcher(settings), tag=repr(settings))
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.fetch_threads))
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.fetcher.close()
 
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
@@ -174,7 +179,11 @@ class FetchImagesFn(beam.DoFn):
                 yield url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE)
             return
         for result in self.pool.map(self.fetcher.fetch, from_web):
+            progress.bump("images", int(result.ok))
             yield result.url, _sniffed(result)
+
+    def finish_bundle(self) -> None:
+        progress.flush()
 
     def _read_archives(
         self, items: list[tuple[str, tuple[str, int]]]
@@ -189,7 +198,15 @@ class FetchImagesFn(beam.DoFn):
                     if resp is None:
                         yield url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE, detail=path)
                     else:
+                        progress.bump("images")
                         yield url, _sniffed(FetchResult(url, data=resp.body))
+
+
+class _SharedFetcher(Fetcher):
+    """A Fetcher that Beam's Shared can hold (it needs a weak-referenceable object)."""
+
+
+_FETCHERS = Shared()
 
 
 def _sniffed(result: FetchResult) -> FetchResult:
@@ -359,11 +376,12 @@ class NsfwModelHandler(ModelHandler[bytes, float, Any]):
 class ImageStage(beam.PTransform):
     """Text survivors -> kept candidates carrying their image, and rejected ones."""
 
-    def __init__(self, raw, inputs: list[str], cfg: CurationConfig) -> None:
+    def __init__(self, raw, inputs: list[str], cfg: CurationConfig, prior=None) -> None:
         super().__init__()
         self.raw = raw
         self.archives = [p for p in inputs if not is_table_path(p)]
         self.cfg = cfg
+        self.prior = prior  # (uid, phash) of images an earlier run kept: they always stay
 
     def expand(self, candidates):
         cfg = self.cfg
@@ -414,7 +432,7 @@ class ImageStage(beam.PTransform):
                 )
             )
         )
-        verdicts = entries | "Image rules" >> _ImageRules(cfg)
+        verdicts = entries | "Image rules" >> _ImageRules(cfg, self.prior)
         final = (
             {"v": verdicts, "c": by_sha}
             | "Join verdicts" >> beam.CoGroupByKey()
@@ -430,9 +448,10 @@ class ImageStage(beam.PTransform):
 class _ImageRules(beam.PTransform):
     """(sha, (rep uid, ImageInfo)) -> (sha, Rejection | (ImageInfo, nsfw score))."""
 
-    def __init__(self, cfg: CurationConfig) -> None:
+    def __init__(self, cfg: CurationConfig, prior=None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.prior = prior
 
     def expand(self, entries):
         cfg = self.cfg
@@ -456,10 +475,17 @@ class _ImageRules(beam.PTransform):
             survivors = checked[KEPT]
         # Near-duplicates within the run.
         if cfg.near_dup_distance >= 0:
+            hashes = survivors | "Uid and hash" >> beam.Map(lambda kv: (kv[1][0], kv[1][1].phash))
+            if self.prior is not None:
+                # Images kept by an earlier run sort first ("!" precedes every hex digit), so
+                # they win every comparison and are never rejected here.
+                prior = self.prior | "Prior first" >> beam.Map(lambda kh: (PRIOR + kh[0], kh[1]))
+                hashes = (hashes, prior) | "With prior" >> beam.Flatten()
             losers = (
-                survivors
-                | "Uid and hash" >> beam.Map(lambda kv: (kv[1][0], kv[1][1].phash))
+                hashes
                 | "Near duplicates" >> FindNearDuplicates(cfg.near_dup_distance)
+                | "Only new" >> beam.Filter(lambda kv: not kv[0].startswith(PRIOR))
+                | "Kept uid" >> beam.Map(lambda kv: (kv[0], kv[1].removeprefix(PRIOR)))
             )
             by_uid = survivors | "Key by rep uid" >> beam.Map(lambda kv: (kv[1][0], kv))
             checked = (

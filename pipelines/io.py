@@ -41,6 +41,11 @@ def write_atomic(path: str, data: bytes) -> None:
     FileSystems.rename([tmp], [path])
 
 
+def write_json(doc: Any, path: str) -> None:
+    """A JSON document with sorted keys, so that equal documents give equal bytes."""
+    write_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
 def read_bytes(path: str) -> bytes:
     """The whole content of a file on any filesystem."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
     DirectOptions,
@@ -12,10 +14,13 @@ from apache_beam.runners.runner import PipelineRunner
 
 from curation import reasons
 from curation.config import CurationConfig
-from curation.record import CANDIDATE_SCHEMA, REJECT_SCHEMA
+from curation.extract import is_table_path
+from curation.record import CANDIDATE_SCHEMA, REJECT_SCHEMA, Candidate, Rejected, Rejection
+from curation.stats import Funnel
 from pipelines.dataset_rules import DetectLanguage, RejectRareTokens, RejectSharedTexts
 from pipelines.images import ImageStage
-from pipelines.io import join
+from pipelines.io import join, write_json
+from pipelines.report import CollectStatistics, ReportSamples, stats_document, write_report
 from pipelines.transforms import (
     KEPT,
     REJECTED,
@@ -25,7 +30,6 @@ from pipelines.transforms import (
     ExtractCandidates,
     FilterTexts,
     WriteShards,
-    write_stats,
 )
 
 SHARDS_DIR = "shards"
@@ -57,6 +61,21 @@ def build_pipeline(
         rejected_parts.append(images[REJECTED])
     rejected = tuple(rejected_parts) | "All rejected" >> beam.Flatten(pipeline=p)
 
+    archives = [x for x in inputs if not is_table_path(x)]
+    _write_outputs(p, kept, rejected, tallies, output, cfg, archives, stop_after)
+
+
+def _write_outputs(
+    p: beam.Pipeline,
+    kept,
+    rejected,
+    tallies: list,
+    output: str,
+    cfg: CurationConfig,
+    archives: list[str],
+    stop_after: str = reasons.STAGES[-1],
+) -> None:
+    """Shards, the rejects ledger, stats.json and the report."""
     _ = kept | "Write shards" >> WriteShards(
         shard_directories(output, cfg.formats),
         CANDIDATE_SCHEMA,
@@ -71,7 +90,88 @@ def build_pipeline(
         | "All tallies" >> beam.Flatten()
         | "Count funnel" >> CountFunnel(kept, rejected)
     )
-    _ = funnel | "Write stats" >> beam.Map(write_stats, join(output, STATS_FILE))
+    dist, hosts = kept | "Statistics" >> CollectStatistics(rejected)
+    doc = funnel | "Stats document" >> beam.Map(
+        stats_document,
+        dist=beam.pvalue.AsSingleton(dist),
+        hosts=beam.pvalue.AsSingleton(hosts),
+    )
+    _ = doc | "Write stats" >> beam.Map(write_json, join(output, STATS_FILE))
+    if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_IMAGE):
+        samples = kept | "Report samples" >> ReportSamples(rejected, archives, cfg)
+    else:
+        samples = p | "No samples" >> beam.Create([[]])
+    _ = doc | "Write report" >> beam.Map(
+        write_report, samples=beam.pvalue.AsSingleton(samples), output=output
+    )
+
+
+def build_retry_pipeline(
+    p: beam.Pipeline, previous: str, output: str, cfg: CurationConfig, funnel: Funnel
+) -> None:
+    """Re-run only the candidates whose fetch failed for a transient reason, and write a new,
+    complete output: the earlier kept records, its other rejections, and the new outcomes."""
+    kept_prev = (
+        p
+        | "Earlier kept" >> beam.Create(_parquet_files(join(previous, SHARDS_DIR)))
+        | "Read kept" >> beam.FlatMap(_read_kept)
+    )
+    rejected_prev = (
+        p
+        | "Earlier rejects" >> beam.Create(_parquet_files(join(previous, REJECTS_DIR)))
+        | "Read rejects" >> beam.FlatMap(_read_rejected)
+        | "Split transient" >> beam.Partition(lambda r, _: int(is_retryable(r.rejection)), 2)
+    )
+    retry = rejected_prev[1] | "Retry candidates" >> beam.Map(lambda r: r.candidate)
+    prior = kept_prev | "Prior hashes" >> beam.Map(lambda c: (c.uid, c.phash))
+    # Transient failures are network failures: the retry fetches over HTTP.
+    http = dataclasses.replace(cfg, images_from="http")
+    images = retry | "Images" >> ImageStage(retry, [], http, prior=prior)
+    kept = (kept_prev, images[KEPT]) | "All kept" >> beam.Flatten()
+    rejected = (rejected_prev[0], images[REJECTED]) | "All rejected" >> beam.Flatten()
+    # Read and extract counts are the earlier run's; kept and rejected are counted anew.
+    earlier = [(s, n, c) for (s, n), c in sorted(funnel.counts.items()) if s in ("read", "extract")]
+    tallies = p | "Earlier tallies" >> beam.Create(earlier)
+    _write_outputs(p, kept, rejected, [tallies], output, cfg, archives=[])
+
+
+def is_retryable(rejection: Rejection) -> bool:
+    """A fetch failure that may succeed on another try: timeouts, 429/5xx, DNS, connection."""
+    return rejection.stage == reasons.STAGE_FETCH and reasons.is_transient(rejection.reason)
+
+
+def _parquet_files(folder: str) -> list[str]:
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = join(folder, "*.parquet")
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _rows(path: str) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.io import read_bytes
+
+    return pq.read_table(pa.BufferReader(read_bytes(path))).to_pylist()
+
+
+_CANDIDATE_FIELDS = frozenset(CANDIDATE_SCHEMA.names)
+
+
+def _read_kept(path: str) -> list[Candidate]:
+    return [
+        Candidate(**{k: v for k, v in r.items() if k in _CANDIDATE_FIELDS}) for r in _rows(path)
+    ]
+
+
+def _read_rejected(path: str) -> list[Rejected]:
+    out = []
+    for r in _rows(path):
+        fields = {k: v for k, v in r.items() if k in _CANDIDATE_FIELDS}
+        rejection = Rejection(r["stage"], r["reason"], r["detail"])
+        out.append(Rejected(Candidate(**fields), rejection))
+    return out
 
 
 def shard_directories(output: str, formats: tuple[str, ...]) -> dict[str, str]:
@@ -145,3 +245,16 @@ def run(
     runner = make_runner(options)
     with beam.Pipeline(runner=runner, options=options) as p:
         build_pipeline(p, inputs, output, cfg, stop_after)
+
+
+def run_retry(
+    previous: str,
+    output: str,
+    cfg: CurationConfig,
+    funnel: Funnel,
+    options: PipelineOptions | None = None,
+) -> None:
+    """Build and run the --retry-failed pipeline to completion."""
+    options = options or PipelineOptions([])
+    with beam.Pipeline(runner=make_runner(options), options=options) as p:
+        build_retry_pipeline(p, previous, output, cfg, funnel)

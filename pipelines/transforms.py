@@ -24,6 +24,7 @@ from curation.record import Candidate, Rejected, Rejection
 from curation.shards import SUFFIX, encode_shard
 from curation.stats import Funnel
 from filters.text import check_candidate
+from pipelines import progress
 from pipelines.io import (
     WriteShardFn,
     join,
@@ -57,7 +58,11 @@ class ExtractCandidatesFn(beam.DoFn):
         read = candidates_from_table if is_table_path(path) else candidates_from_archive
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             yield from read(fh, path, self.cfg, funnel)
+        progress.bump("candidates", funnel.get(reasons.STAGE_EXTRACT, reasons.CANDIDATES))
         yield from _tallies(funnel)
+
+    def finish_bundle(self) -> None:
+        progress.flush()
 
 
 class ExtractCandidates(beam.PTransform):
@@ -153,7 +158,13 @@ class FilterTexts(beam.PTransform):
 
 
 def _rejection_tally(r: Rejected) -> Tally:
+    progress.bump("rejected")
     return (f"rejected:{r.rejection.stage}", r.rejection.reason, 1)
+
+
+def _kept_tally(_: Candidate) -> Tally:
+    progress.bump("kept")
+    return ("kept", "kept", 1)
 
 
 class CountFunnel(beam.PTransform):
@@ -165,7 +176,7 @@ class CountFunnel(beam.PTransform):
         self.rejected = rejected
 
     def expand(self, tallies):
-        kept = self.kept | "Tally kept" >> beam.Map(lambda _: ("kept", "kept", 1))
+        kept = self.kept | "Tally kept" >> beam.Map(_kept_tally)
         rejected = self.rejected | "Tally rejected" >> beam.Map(_rejection_tally)
         return (
             (tallies, kept, rejected)
@@ -279,12 +290,6 @@ def _finish_shards(
     return total
 
 
-def write_stats(funnel: Funnel, path: str) -> Funnel:
-    """Write the funnel to stats.json."""
-    write_atomic(path, funnel.to_json().encode())
-    return funnel
-
-
 __all__ = [
     "KEPT",
     "REJECTED",
@@ -295,5 +300,4 @@ __all__ = [
     "FilterTexts",
     "Rejection",
     "WriteShards",
-    "write_stats",
 ]

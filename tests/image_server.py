@@ -88,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"not here", "text/html")
         elif path == "/flaky.jpg":
             self._send(500, b"oops", "text/html") if n == 1 else self._send(200, img)
+        elif path == "/503-then-ok.jpg":
+            self._send(503, b"busy", "text/html") if n == 1 else self._send(200, img)
         elif path == "/always500.jpg":
             self._send(503, b"down", "text/html")
         elif path == "/429.jpg":

@@ -117,3 +117,37 @@ def test_resize_keep_ratio(tmp_path, server: ImageServer) -> None:
     assert (row["original_width"], row["original_height"]) == (400, 300)
     assert (row["width"], row["height"]) == (256, 192)
     assert Image.open(io.BytesIO(row["image"])).size == (256, 192)
+
+
+def test_retry_failed_reruns_only_transient_failures(tmp_path, server: ImageServer) -> None:
+    server.images["/second.jpg"] = jpeg_bytes((400, 300), colour=200)
+    rows = [
+        ("/ok.jpg", "white stripes painted on a blue wall"),
+        ("/503-then-ok.jpg", "the same wall photographed a second time"),
+        ("/404.jpg", "a photo that has gone missing"),
+        ("/ok.jpg", "jpg"),  # a text reject: stays in the ledger as it was
+    ]
+    table = tmp_path / "urls.tsv"
+    table.write_text(
+        "url\tcaption\n" + "".join(f"{server.base}{path}\t{text}\n" for path, text in rows)
+    )
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["--images-from", "http", "--allow-private-network", "true", "--max-retries", "0"]
+    args += ["--near-dup-distance", "-1"]  # ok.jpg and its retry are the same picture
+    assert main(["run", "--input", str(table), "--output", str(first), *args]) == 0
+    kept1, rejected1, stats1 = check_invariant(first)
+    assert {r["reason"] for r in rejected1} == {"http_503", "http_404", "text_filename"}
+    hits_before = dict(server.hits)
+
+    assert main(["run", "--retry-failed", str(first), "--output", str(second)]) == 0
+    kept2, rejected2, stats2 = check_invariant(second)
+    assert sorted(r["alt_text"] for r in kept2) == sorted([rows[0][1], rows[1][1]])
+    assert {r["reason"] for r in rejected2} == {"http_404", "text_filename"}
+    assert stats2["totals"]["extracted"] == stats1["totals"]["extracted"]
+    assert stats2["read"] == stats1["read"] and stats2["extract"] == stats1["extract"]
+    # Only the transient failure was fetched again.
+    assert server.hits["/503-then-ok.jpg"] == hits_before["/503-then-ok.jpg"] + 1
+    assert server.hits["/404.jpg"] == hits_before["/404.jpg"]
+    assert server.hits["/ok.jpg"] == hits_before["/ok.jpg"]
+    earlier = {r["uid"]: r for r in kept1}
+    assert all(earlier[r["uid"]]["image"] == r["image"] for r in kept2 if r["uid"] in earlier)
