@@ -25,6 +25,7 @@ ARCHIVE_TRUNCATED = "archive_truncated"  # the file ends inside a record
 ARCHIVE_CORRUPT = "archive_corrupt"  # bytes that are not WARC/ARC where a record should start
 NOT_AN_ARCHIVE = "not_an_archive"  # an input file that is neither WARC nor ARC
 TABLE_UNREADABLE = "table_unreadable"
+FILE_FAILED = "file_failed"  # reading the file raised: see OUTPUT/dead_letter/
 
 # --- Extract stage: an <img> tag (or table row) that did not become a candidate.
 NO_ALT_TEXT = "no_alt_text"  # <img> without an alt attribute / null caption
@@ -98,6 +99,9 @@ IMAGE_ASPECT_RATIO = "image_aspect_ratio"  # aspect ratio >= 3
 EVAL_DUPLICATE = "eval_duplicate"  # near-duplicate of a downstream evaluation image
 NEAR_DUPLICATE = "near_duplicate"  # near-duplicate of another kept image; detail: its uid
 NSFW = "nsfw"  # NSFW score >= nsfw_threshold
+
+# --- Any stage: processing this candidate raised an exception (see OUTPUT/dead_letter/).
+INTERNAL_ERROR = "internal_error"
 
 # --- Funnel counter names that are not reasons.
 FILES = "files"

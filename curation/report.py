@@ -200,6 +200,12 @@ def build_html(
         [(k, v) for k, v in stats.get("extract", {}).items() if k != reasons.CANDIDATES],
         color="#999",
     )
+    dead = ""
+    if stats.get("dead_letter"):
+        dead = (
+            "<h3>dead letters: exceptions that escaped a step (OUTPUT/dead_letter/)</h3>"
+            + _bars(sorted(stats["dead_letter"].items()), color="#b00020")
+        )
     dist = stats.get("distributions", {})
     hists = "".join(_histogram(n, h) for n, h in dist.get("histograms", {}).items())
     langs = dist.get("categories", {}).get("text_lang", {})
@@ -221,7 +227,7 @@ def build_html(
 <h1>{html.escape(title)}</h1>
 <p>extracted <b>{totals["extracted"]:,}</b> candidates; kept <b>{totals["kept"]:,}</b>,
 rejected <b>{totals["rejected"]:,}</b>; the files balance: <b>{totals["balanced"]}</b>.</p>
-<h2>Funnel</h2>{funnel}
+<h2>Funnel</h2>{funnel}{dead}
 <h2>What each rule removed</h2>{stages}
 <h2>Extraction</h2>{extraction}
 <h2>Kept records</h2><div class=hists>{hists}</div>

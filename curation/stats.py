@@ -85,6 +85,8 @@ class Funnel:
             "read": self.stage(reasons.STAGE_READ),
             "extract": extract,
             "rejected": rejected,
+            # Exceptions that escaped a step, per step (OUTPUT/dead_letter/ has each one).
+            "dead_letter": self.stage("dead_letter"),
             "totals": {
                 "extracted": extracted,
                 "kept": kept,
@@ -103,6 +105,8 @@ class Funnel:
         for stage, by_reason in data.get("rejected", {}).items():
             for reason, n in by_reason.items():
                 f.add_rejection(stage, reason, n)
+        for stage, n in data.get("dead_letter", {}).items():
+            f.add("dead_letter", stage, n)
         f.add_kept(data.get("totals", {}).get("kept", 0))
         return f
 

@@ -60,6 +60,7 @@ class VocabBoundary:
     cutoff: int
     tied: int
     keep: int
+    all_in: bool = False  # every token of the run is in the vocabulary: nothing is rare
 
     def decided(self, count: int) -> bool | None:
         """In (True), out (False), or None when the tie-break must decide."""
@@ -84,8 +85,10 @@ def vocab_boundary(histogram: Mapping[int, int], size: int, min_count: int) -> V
             return VocabBoundary(cutoff=count, tied=n, keep=size - kept)
         kept += n
         last = count
-    # Everything at or above min_count fits.
-    return VocabBoundary(cutoff=last, tied=histogram.get(last, 0), keep=histogram.get(last, 0))
+    # Everything at or above min_count fits; nothing is rare unless some count is below it.
+    all_in = all(c >= min_count for c in histogram)
+    n = histogram.get(last, 0)
+    return VocabBoundary(cutoff=last, tied=n, keep=n, all_in=all_in)
 
 
 KEY_BITS = 64

@@ -19,9 +19,9 @@ _STAGE = reasons.STAGE_TEXT
 IMAGE_EXTENSIONS = (
     "jpg|jpeg|jpe|jfif|png|gif|webp|bmp|tif|tiff|svg|ico|heic|heif|avif|jp2|psd|raw|cr2|nef"
 )
-# "jpg", ".png", "IMG_0042.JPG", "photo.png", "my holiday pic 2.jpeg": a text that is a file
-# name, optionally with spaces, ending in an image extension.
-_FILENAME_RE = re.compile(rf"^[^/\\?#]{{0,200}}?\.?(?:{IMAGE_EXTENSIONS})$", re.IGNORECASE)
+# "jpg", ".png", "IMG_0042.JPG", "photo.png", "my holiday pic 2.jpeg": a bare extension, or a
+# text ending in a dot and an image extension ("a bale of straw" ends in "raw" but no dot).
+_FILENAME_RE = re.compile(rf"^(?:[^/\\?#]{{0,200}}\.|\.)?(?:{IMAGE_EXTENSIONS})$", re.IGNORECASE)
 # Camera and screenshot names without extension: "IMG_0042", "DSC01234", "PXL_20210101_1234".
 _CAMERA_RE = re.compile(
     r"^(?:img|dsc[nf]?|dcim|pxl|mvimg|sam|gopr|p|pic|image|photo|screenshot|scan)"

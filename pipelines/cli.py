@@ -35,7 +35,12 @@ def _quiet_beam() -> None:
     # Importing Beam without the GCP extra logs a warning about apitools on the root logger,
     # and the FnApiRunner logs INFO chatter; a newcomer should see only our summary.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    noise = ("apitools not found", "Resource module is not available")
+    noise = (
+        "apitools not found",
+        "Resource module is not available",
+        # with_outputs() combined with with_exception_handling(): a type-hint notice only.
+        "requested in with_outputs() but not declared",
+    )
     logging.getLogger().addFilter(lambda r: not any(n in r.getMessage() for n in noise))
     for name in ("apache_beam", "apache_beam.runners", "apache_beam.io"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -189,7 +194,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
     from pipelines.run import CONFIG_FILE, REJECTS_DIR, SHARDS_DIR, STATS_FILE
 
     names = (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR, "tfrecord", "webdataset")
-    names += (REPORT_FILE, SAMPLES_FILE)
+    names += (REPORT_FILE, SAMPLES_FILE, "dead_letter")
     ours = [FileSystems.join(output, n) for n in names]
     existing = [p for p in ours if FileSystems.exists(p)]
     if existing and not overwrite:
@@ -249,6 +254,10 @@ def summarize(output: str) -> tuple[str, bool]:
     ]
     for stage, by_reason in stats["rejected"].items():
         lines.append(f"rejected at {stage}: {_fmt(by_reason)}")
+    if stats.get("dead_letter"):
+        lines.append(
+            f"DEAD LETTERS (exceptions, see {output}/dead_letter/): {_fmt(stats['dead_letter'])}"
+        )
     mark = "OK" if ok else "MISMATCH"
     lines.append(
         f"invariant {mark}: extracted {totals['extracted']} = kept {kept} + rejected {rejected}"

@@ -34,6 +34,7 @@ from filters.language import check_language, detect_language
 
 KEPT = "kept"
 REJECTED = "rejected"
+CHECK = "check"
 
 
 def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:
@@ -133,6 +134,7 @@ class BuildVocabulary(beam.PTransform):
         )
         s1 = beam.pvalue.AsSingleton(level1)
         # Expected size: tied tokens / 2**32, so gathering this last bucket is safe.
+        self.boundary = boundary  # read by RejectRareTokens to skip the join when all are in
         last = (
             in_bucket0
             | "In level 1 bucket"
@@ -187,11 +189,15 @@ class RejectRareTokens(beam.PTransform):
 
     def expand(self, candidates):
         cfg = self.cfg
-        rare = (
-            self.raw
-            | "Build vocabulary" >> BuildVocabulary(cfg)
-            | "Out of vocabulary" >> beam.Filter(lambda tv: not tv[1])
-        )
+        build = BuildVocabulary(cfg)
+        verdicts = self.raw | "Build vocabulary" >> build
+        rare = verdicts | "Out of vocabulary" >> beam.Filter(lambda tv: not tv[1])
+        # When every token of the run is in the vocabulary (the common case below 100M
+        # distinct tokens), no candidate needs the join: they pass straight through.
+        routed = candidates | "Route" >> beam.FlatMap(
+            _route, bd=beam.pvalue.AsSingleton(build.boundary)
+        ).with_outputs(CHECK, main=KEPT)
+        candidates = routed[CHECK]
         uses = candidates | "Token uses" >> beam.FlatMap(
             lambda c: [(t, c.uid) for t in sorted(set(text_ngrams(c.alt_text, cfg.vocab_ngrams)))]
         )
@@ -201,11 +207,17 @@ class RejectRareTokens(beam.PTransform):
             | "Rare uses" >> beam.FlatMap(_rare_uses)
         )
         keyed = candidates | "Key by uid" >> beam.Map(lambda c: (c.uid, c))
-        return (
+        checked = (
             {"rare": rare_by_uid, "c": keyed}
             | "Regroup by candidate" >> beam.CoGroupByKey()
             | "Apply vocabulary" >> beam.FlatMap(_apply_rare).with_outputs(REJECTED, main=KEPT)
         )
+        kept = (routed[KEPT], checked[KEPT]) | "All in vocabulary" >> beam.Flatten()
+        return {KEPT: kept, REJECTED: checked[REJECTED]}
+
+
+def _route(candidate: Candidate, bd: VocabBoundary) -> Iterator[Any]:
+    yield candidate if bd.all_in else beam.pvalue.TaggedOutput(CHECK, candidate)
 
 
 def _rare_uses(item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, str]]:
@@ -248,4 +260,4 @@ class DetectLanguage(beam.PTransform):
 
     def expand(self, candidates):
         detect = beam.ParDo(DetectLanguageFn(self.cfg)).with_outputs(REJECTED, main=KEPT)
-        return candidates | "Detect language" >> detect
+        return candidates | "Detect language" >> detect.with_exception_handling()

@@ -45,6 +45,7 @@ from filters.image import (
 )
 from filters.nsfw import OpenNsfwScorer, check_nsfw
 from pipelines import progress
+from pipelines.deadletter import BAD
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -216,7 +217,8 @@ def _sniffed(result: FetchResult) -> FetchResult:
 
 
 class FetchImages(beam.PTransform):
-    """Unique image URLs -> (url, FetchResult), each URL fetched once."""
+    """Unique image URLs -> `good`: (url, FetchResult), each URL fetched once; `bad`: the
+    batches whose fetching raised (dead letters)."""
 
     def __init__(self, archives: list[str], cfg: CurationConfig) -> None:
         super().__init__()
@@ -252,7 +254,7 @@ class FetchImages(beam.PTransform):
             >> beam.BatchElements(
                 min_batch_size=self.cfg.fetch_threads, max_batch_size=8 * self.cfg.fetch_threads
             )
-            | "Fetch" >> beam.ParDo(FetchImagesFn(self.cfg))
+            | "Fetch" >> beam.ParDo(FetchImagesFn(self.cfg)).with_exception_handling()
         )
 
 
@@ -310,7 +312,8 @@ def _attach(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
     outcomes, candidates = joined["o"], joined["c"]
     if not candidates:
         return
-    outcome = outcomes[0] if outcomes else Rejection(_FETCH, reasons.FETCH_FAILED, "no result")
+    # No outcome: fetching or measuring this URL raised; the dead letter has the traceback.
+    outcome = outcomes[0] if outcomes else Rejection(_IMAGE, reasons.INTERNAL_ERROR, "no outcome")
     if isinstance(outcome, Rejection):
         for c in candidates:
             yield _reject(c, outcome)
@@ -394,11 +397,11 @@ class ImageStage(beam.PTransform):
         busy_url = by_url | "Texts per url" >> RejectBusyImages(url_texts, cfg, "url")
         rejected.append(busy_url[REJECTED])
         # 2. Fetch each URL once; measure it.
-        outcomes = (
-            busy_url[URLS]
-            | "Fetch images" >> FetchImages(self.archives, cfg)
-            | "Measure images" >> beam.Map(_measured, cfg)
+        fetched = busy_url[URLS] | "Fetch images" >> FetchImages(self.archives, cfg)
+        measured = (
+            fetched["good"] | "Measure images" >> beam.Map(_measured, cfg).with_exception_handling()
         )
+        outcomes = measured["good"]
         attached = (
             {"o": outcomes, "c": busy_url[KEPT]}
             | "Join outcomes" >> beam.CoGroupByKey()
@@ -442,6 +445,7 @@ class ImageStage(beam.PTransform):
         return {
             KEPT: final[KEPT],
             REJECTED: tuple(rejected) | "All image rejects" >> beam.Flatten(),
+            BAD: {"fetch": fetched["bad"], "measure": measured["bad"]},
         }
 
 

@@ -178,7 +178,8 @@ class ReportSamples(beam.PTransform):
             | "Sample urls" >> beam.Map(lambda r: r.candidate.image_url)
             | ("Distinct urls" >> beam.Distinct())
         )
-        fetched = urls | "Fetch again" >> FetchImages(self.archives, self.cfg)
+        # A preview that fails to fetch is only a missing thumbnail: its dead letter is dropped.
+        fetched = (urls | "Fetch again" >> FetchImages(self.archives, self.cfg))["good"]
         rejected_rows = (
             {
                 "r": picked | "Key sample" >> beam.Map(lambda r: (r.candidate.image_url, r)),

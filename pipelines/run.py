@@ -18,6 +18,7 @@ from curation.extract import is_table_path
 from curation.record import CANDIDATE_SCHEMA, REJECT_SCHEMA, Candidate, Rejected, Rejection
 from curation.stats import Funnel
 from pipelines.dataset_rules import DetectLanguage, RejectRareTokens, RejectSharedTexts
+from pipelines.deadletter import BAD, DEAD_LETTER_DIR, DEAD_LETTER_SCHEMA, CollectDeadLetters
 from pipelines.images import ImageStage
 from pipelines.io import join, write_json
 from pipelines.report import CollectStatistics, ReportSamples, stats_document, write_report
@@ -48,34 +49,48 @@ def build_pipeline(
 ) -> None:
     """Add every stage up to `stop_after` to pipeline `p`, reading `inputs`, writing `output`."""
     extracted = p | "Extract candidates" >> ExtractCandidates(inputs, cfg)
+    bad = {"extract": extracted[BAD]}
     unique = extracted[KEPT] | "Drop duplicate captures" >> DropDuplicateCaptures()
     tallies = [extracted[TALLY], unique[TALLY]]
     kept = unique[KEPT]
-    rejected_parts = []
+    rejected_parts: list = []
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_TEXT):
-        kept, text_rejected = _text_stage(kept, raw=unique[KEPT], cfg=cfg)
+        kept, text_rejected, text_bad = _text_stage(kept, raw=unique[KEPT], cfg=cfg)
         rejected_parts.extend(text_rejected)
+        bad.update(text_bad)
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_IMAGE):
         images = kept | "Images" >> ImageStage(unique[KEPT], inputs, cfg)
         kept = images[KEPT]
         rejected_parts.append(images[REJECTED])
-    rejected = tuple(rejected_parts) | "All rejected" >> beam.Flatten(pipeline=p)
-
+        bad.update(images[BAD])
+    file_failures = extracted[BAD] | "Failed files" >> beam.Map(
+        lambda _: (reasons.STAGE_READ, reasons.FILE_FAILED, 1)
+    )
+    tallies.append(file_failures)
     archives = [x for x in inputs if not is_table_path(x)]
-    _write_outputs(p, kept, rejected, tallies, output, cfg, archives, stop_after)
+    _write_outputs(p, kept, rejected_parts, tallies, bad, output, cfg, archives, stop_after)
 
 
 def _write_outputs(
     p: beam.Pipeline,
     kept,
-    rejected,
+    rejected_parts: list,
     tallies: list,
+    bad: dict,
     output: str,
     cfg: CurationConfig,
     archives: list[str],
     stop_after: str = reasons.STAGES[-1],
 ) -> None:
-    """Shards, the rejects ledger, stats.json and the report."""
+    """Shards, the rejects ledger, dead letters, stats.json and the report."""
+    # Exceptions that escaped a step: a dead-letter row each; candidates also get a
+    # rejection (internal_error), so the accounting still balances.
+    dead_rows, dead_rejected, dead_tallies = p | "Dead letters" >> CollectDeadLetters(bad)
+    _ = dead_rows | "Write dead letters" >> WriteShards(
+        {"parquet": join(output, DEAD_LETTER_DIR)}, DEAD_LETTER_SCHEMA, cfg.shard_size
+    )
+    rejected = (*rejected_parts, dead_rejected) | "All rejected" >> beam.Flatten(pipeline=p)
+    tallies = [*tallies, dead_tallies]
     _ = kept | "Write shards" >> WriteShards(
         shard_directories(output, cfg.formats),
         CANDIDATE_SCHEMA,
@@ -128,11 +143,11 @@ def build_retry_pipeline(
     http = dataclasses.replace(cfg, images_from="http")
     images = retry | "Images" >> ImageStage(retry, [], http, prior=prior)
     kept = (kept_prev, images[KEPT]) | "All kept" >> beam.Flatten()
-    rejected = (rejected_prev[0], images[REJECTED]) | "All rejected" >> beam.Flatten()
+    rejected_parts = [rejected_prev[0], images[REJECTED]]
     # Read and extract counts are the earlier run's; kept and rejected are counted anew.
     earlier = [(s, n, c) for (s, n), c in sorted(funnel.counts.items()) if s in ("read", "extract")]
     tallies = p | "Earlier tallies" >> beam.Create(earlier)
-    _write_outputs(p, kept, rejected, [tallies], output, cfg, archives=[])
+    _write_outputs(p, kept, rejected_parts, [tallies], images[BAD], output, cfg, archives=[])
 
 
 def is_retryable(rejection: Rejection) -> bool:
@@ -189,6 +204,7 @@ def _text_stage(candidates, raw, cfg: CurationConfig):
     rejected = []
     per_record = candidates | "Filter texts" >> FilterTexts(cfg)
     rejected.append(per_record[REJECTED])
+    bad = {"text": per_record[BAD]}
     kept = per_record[KEPT]
     if cfg.max_images_per_text:
         shared = kept | "Reject shared texts" >> RejectSharedTexts(raw, cfg)
@@ -200,8 +216,9 @@ def _text_stage(candidates, raw, cfg: CurationConfig):
     if cfg.detect_language:
         lang = kept | "Language" >> DetectLanguage(cfg)
         rejected.append(lang[REJECTED])
+        bad["language"] = lang[BAD]
         kept = lang[KEPT]
-    return kept, rejected
+    return kept, rejected, bad
 
 
 def make_runner(options: PipelineOptions) -> PipelineRunner | None:

@@ -80,7 +80,9 @@ class ExtractCandidates(beam.PTransform):
             # One file per element; the reshuffle spreads files over workers.
             | "Spread files" >> beam.Reshuffle()
             | "Extract pairs"
-            >> beam.ParDo(ExtractCandidatesFn(self.cfg)).with_outputs(TALLY, main=KEPT)
+            >> beam.ParDo(ExtractCandidatesFn(self.cfg))
+            .with_outputs(TALLY, main=KEPT)
+            .with_exception_handling()
         )
 
 
@@ -152,9 +154,8 @@ class FilterTexts(beam.PTransform):
         self.cfg = cfg
 
     def expand(self, candidates):
-        return candidates | "Apply text rules" >> beam.ParDo(FilterTextsFn(self.cfg)).with_outputs(
-            REJECTED, main=KEPT
-        )
+        rules = beam.ParDo(FilterTextsFn(self.cfg)).with_outputs(REJECTED, main=KEPT)
+        return candidates | "Apply text rules" >> rules.with_exception_handling()
 
 
 def _rejection_tally(r: Rejected) -> Tally:

@@ -77,12 +77,15 @@ def check_invariant(out: Path) -> tuple[list[dict], list[dict], dict]:
     assert len(uids) == len(set(uids))
     assert stats["totals"]["extracted"] == len(kept) + len(rejected)
     assert stats["totals"]["kept"] == len(kept)
-    by_reason: dict[str, int] = {}
+    by_reason: dict[tuple[str, str], int] = {}
     for r in rejected:
         assert r["reason"] and r["stage"]
-        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        key = (r["stage"], r["reason"])
+        by_reason[key] = by_reason.get(key, 0) + 1
     assert by_reason == {
-        reason: n for stage in stats["rejected"].values() for reason, n in stage.items()
+        (stage, reason): n
+        for stage, counts in stats["rejected"].items()
+        for reason, n in counts.items()
     }
     assert stats["totals"]["balanced"] is True
     for folder in ("shards", "rejects"):

@@ -86,12 +86,12 @@ def test_ngrams() -> None:
 @pytest.mark.parametrize(
     ("hist", "size", "min_count", "expected"),
     [
-        ({5: 2, 3: 4, 1: 10}, 100, 1, VocabBoundary(1, 10, 10)),  # everything fits
+        ({5: 2, 3: 4, 1: 10}, 100, 1, VocabBoundary(1, 10, 10, all_in=True)),  # all fit
         ({5: 2, 3: 4, 1: 10}, 6, 1, VocabBoundary(1, 10, 0)),  # cut exactly after count 3
         ({5: 2, 3: 4, 1: 10}, 4, 1, VocabBoundary(3, 4, 2)),  # 2 of the 4 tied at 3
         ({5: 2, 3: 4, 1: 10}, 1, 1, VocabBoundary(5, 2, 1)),
         ({5: 2, 3: 4, 1: 10}, 100, 2, VocabBoundary(3, 4, 4)),  # min count drops the 1s
-        ({}, 100, 1, VocabBoundary(1, 0, 0)),
+        ({}, 100, 1, VocabBoundary(1, 0, 0, all_in=True)),
     ],
 )
 def test_vocab_boundary(hist, size, min_count, expected) -> None:

@@ -39,6 +39,11 @@ CASES = [
     ("kyle_lo_profile.jpg", reasons.TEXT_FILENAME),
     ("DSC01234", reasons.TEXT_FILENAME),
     ("PXL_20210101_123456", reasons.TEXT_FILENAME),
+    # An extension's letters at the end of a word are not a file name (no dot).
+    ("a bale of straw", None),
+    ("Beautiful Mexico in the spring", None),
+    ("two friends face to face on RAW", None),
+    ("my holiday photo.RAW", reasons.TEXT_FILENAME),
     # --- dimension strings (ALIGN §3's "1920x1080")
     ("224x224", reasons.TEXT_DIMENSIONS),
     ("1920 x 1080", reasons.TEXT_DIMENSIONS),
