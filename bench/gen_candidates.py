@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -70,9 +71,8 @@ def make_vocabulary(size: int) -> np.ndarray:
     """Distinct words, shortest first: rank r is r in bijective base-75 syllables."""
     n = len(_SYLLABLES)
     words = []
-    for r in range(size):
-        parts = []
-        r += 1
+    for rank in range(size):
+        parts, r = [], rank + 1
         while r:
             r, d = divmod(r - 1, n)
             parts.append(_SYLLABLES[d])
@@ -80,7 +80,7 @@ def make_vocabulary(size: int) -> np.ndarray:
     return np.array(words, dtype=object)
 
 
-def zipf_sampler(n: int, s: float, rng: np.random.Generator):
+def zipf_sampler(n: int, s: float, rng: np.random.Generator) -> Callable[[int], np.ndarray]:
     """A function k -> k ranks in [0, n) drawn with P(rank) ~ (rank + 1)^-s."""
     cdf = np.cumsum(np.arange(1, n + 1, dtype=np.float64) ** -s)
     cdf /= cdf[-1]
