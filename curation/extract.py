@@ -16,6 +16,7 @@ from curation.html import (
     HTML_MIME_TYPES,
     decode_html,
     extract_images,
+    nesting_depth,
     normalize_lang,
     resolve_image_url,
 )
@@ -47,6 +48,9 @@ def candidates_from_archive(
             continue
         funnel.add(_READ, reasons.HTML_PAGES)
         html, _ = decode_html(resp.body, resp.charset)
+        if nesting_depth(html, cfg.max_html_depth) >= cfg.max_html_depth:
+            funnel.add(_READ, reasons.HTML_TOO_DEEP)
+            continue
         page = extract_images(
             html,
             resp.url,

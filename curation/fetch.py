@@ -45,7 +45,8 @@ from curation import reasons
 
 # Media types served for images besides image/*: generic binary, as many CDNs send.
 _BINARY_TYPES = ("application/octet-stream", "binary/octet-stream", "application/binary")
-_CHUNK = 64 * 1024
+# Raw bytes per read: a gzip bomb inflates one read at most ~1000-fold before the cap acts.
+_CHUNK = 16 * 1024
 # RFC 9309: crawlers must parse at least 500 KiB of robots.txt.
 ROBOTS_MAX_BYTES = 500 * 1024
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -102,6 +103,7 @@ class FetchSettings:
     max_backoff_seconds: float
     max_redirects: int
     max_bytes: int
+    deadline_seconds: float
     per_host_connections: int
     respect_robots: bool
     respect_opt_out: bool
@@ -268,11 +270,16 @@ class Fetcher:
         if declared and declared.isdigit() and int(declared) > self.s.max_bytes:
             raise _Failure(reasons.TOO_LARGE, f"Content-Length {declared}")
         body = bytearray()
+        deadline = time.monotonic() + self.s.deadline_seconds
         try:
-            for chunk in resp.stream(_CHUNK):
+            # read1: one socket read at a time, so a slow-drip body meets the deadline check
+            # between drops instead of blocking until a whole chunk has arrived.
+            while chunk := resp.read1(_CHUNK, decode_content=True):
                 body += chunk
                 if len(body) > self.s.max_bytes:
                     raise _Failure(reasons.TOO_LARGE, f"over {self.s.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise _Failure(reasons.TIMEOUT, f"body took over {self.s.deadline_seconds} s")
         except (MaxRetryError, HTTPError) as e:
             raise _classify(e) from None
         return bytes(body), ctype
@@ -328,6 +335,8 @@ def _classify(e: Exception) -> _Failure:
         return _Failure(reasons.TIMEOUT, str(inner))
     if isinstance(inner, SSLError):
         return _Failure(reasons.TLS_ERROR, str(inner))
+    if isinstance(inner, ProtocolError) and "IncompleteRead" in str(inner):
+        return _Failure(reasons.TRUNCATED_BODY, str(inner))
     if isinstance(inner, (NewConnectionError, ProtocolError, ConnectionError)):
         return _Failure(reasons.CONNECTION_ERROR, str(inner))
     return _Failure(reasons.FETCH_FAILED, f"{type(inner).__name__}: {inner}")

@@ -68,6 +68,67 @@ def decode_html(body: bytes, declared: str | None) -> tuple[str, str]:
     return body.decode(codec, "replace"), codec
 
 
+# Elements that never hold children, or whose end tag the parser implies: they add no depth.
+_FLAT_TAGS = frozenset(
+    [
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "param",
+        "source",
+        "track",
+        "wbr",
+        "p",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "td",
+        "th",
+        "option",
+        "optgroup",
+        "thead",
+        "tbody",
+        "tfoot",
+        "rb",
+        "rt",
+        "rp",
+        "colgroup",
+        "caption",
+    ]
+)
+_TAG_RE = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)[^>]*?(/?)>")
+
+
+def nesting_depth(html: str, limit: int) -> int:
+    """An estimate of the deepest element nesting, from tags alone; stops at `limit`.
+
+    Lexbor's tree construction takes time that grows with the square of the depth
+    (measured: 10,000 nested <div>s parse in 0.2 s, 100,000 in 25 s), so a hostile page is
+    refused before parsing. Only pages with many tags are scanned at all.
+    """
+    if html.count("<") < limit:
+        return 0
+    depth = deepest = 0
+    for m in _TAG_RE.finditer(html):
+        name = m.group(2).lower()
+        if name in _FLAT_TAGS or m.group(3):
+            continue
+        depth = max(0, depth - 1) if m.group(1) else depth + 1
+        if depth > deepest:
+            deepest = depth
+            if deepest >= limit:
+                break
+    return deepest
+
+
 def parse_srcset(srcset: str) -> str | None:
     """The URL of the largest candidate in a srcset (by width, else by density), or None."""
     best: tuple[float, float, int] | None = None

@@ -21,6 +21,7 @@ HTTP_STATUS_NOT_2XX = "http_status_not_2xx"
 NOT_HTML = "not_html"  # a 2xx response whose Content-Type is not text/html or XHTML
 CONTENT_ENCODING_UNSUPPORTED = "content_encoding_unsupported"
 BODY_TOO_LARGE = "body_too_large"  # decoded body above max_html_bytes
+HTML_TOO_DEEP = "html_too_deep"  # element nesting beyond max_html_depth: not parsed
 ARCHIVE_TRUNCATED = "archive_truncated"  # the file ends inside a record
 ARCHIVE_CORRUPT = "archive_corrupt"  # bytes that are not WARC/ARC where a record should start
 NOT_AN_ARCHIVE = "not_an_archive"  # an input file that is neither WARC nor ARC
@@ -69,6 +70,7 @@ DNS_ERROR = "dns_error"
 CONNECTION_ERROR = "connection_error"
 TLS_ERROR = "tls_error"
 TOO_LARGE = "too_large"  # body above max_image_bytes, stopped while streaming
+TRUNCATED_BODY = "truncated_body"  # the connection ended before Content-Length bytes came
 NOT_AN_IMAGE = "not_an_image"  # Content-Type or magic bytes say it is not an image
 ROBOTS_DISALLOWED = "robots_disallowed"  # the host's robots.txt forbids the path
 OPT_OUT = "opt_out"  # X-Robots-Tag: noai / noimageai
@@ -85,7 +87,7 @@ def http_status(code: int) -> str:
 
 def is_transient(reason: str) -> bool:
     """Whether a fetch failure may succeed on a later try (for --retry-failed)."""
-    if reason in (TIMEOUT, DNS_ERROR, CONNECTION_ERROR, TLS_ERROR):
+    if reason in (TIMEOUT, DNS_ERROR, CONNECTION_ERROR, TLS_ERROR, TRUNCATED_BODY):
         return True
     return reason == "http_429" or (reason.startswith("http_5") and len(reason) == 8)
 

@@ -86,6 +86,7 @@ def fetch_settings(cfg: CurationConfig) -> FetchSettings:
         max_backoff_seconds=cfg.max_backoff_seconds,
         max_redirects=cfg.max_redirects,
         max_bytes=cfg.max_image_bytes,
+        deadline_seconds=cfg.fetch_deadline_seconds,
         per_host_connections=cfg.per_host_connections,
         respect_robots=cfg.respect_robots,
         respect_opt_out=cfg.respect_opt_out,

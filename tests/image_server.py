@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -122,6 +124,45 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, b"", "text/html", Location="http://169.254.169.254/latest/meta-data")
         elif path == "/to-ftp.jpg":
             self._send(302, b"", "text/html", Location="ftp://127.0.0.1/x.jpg")
+        elif path == "/reset-mid-body.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(img[:1000])
+            self.wfile.flush()
+            # SO_LINGER 0: close with a TCP reset, as a crashing server does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        elif path == "/short-body.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(img) + 5000))  # a lie
+            self.end_headers()
+            self.wfile.write(img)
+            self.close_connection = True
+        elif path == "/slow-drip.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            for byte in img[:50]:  # bounded: at most 50 drops, 10 s
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        elif path == "/endless.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            for _ in range(800):  # bounded: 50 MB at most, the client stops long before
+                self.wfile.write(b"\xff" * 65536)
+        elif path.startswith("/chain/"):
+            hops = int(path.split("/")[2].split(".")[0])
+            if hops == 0:
+                self._send(200, img)
+            else:
+                self._send(302, b"", "text/html", Location=f"/chain/{hops - 1}.jpg")
+        elif path == "/flap.jpg":
+            self._send(500, b"", "text/html") if n % 3 else self._send(200, img)
         elif path == "/fake.jpg":
             self._send(200, b"<html>an error page</html>")  # says image/jpeg, is HTML
         else:
