@@ -45,9 +45,14 @@ def _quiet_beam() -> None:
     for name in ("apache_beam", "apache_beam.runners", "apache_beam.io"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="apache_beam")
-    # With the GCP extra and no credentials, google-auth probes the metadata server for
-    # ~25 s per process; a local run has nothing to find there.
-    os.environ.setdefault("NO_GCE_CHECK", "true")
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        # Against an emulator there are no credentials to find: never probe the cloud
+        # metadata server for them. (On a real GCE VM the probe is how credentials are found,
+        # so it is left alone otherwise.)
+        os.environ.setdefault("NO_GCE_CHECK", "true")
+    # Importing our I/O module primes anonymous access for an emulator (see pipelines/io.py)
+    # before the first gs:// path is listed.
+    import pipelines.io  # noqa: F401
 
 
 def _config_flag(name: str) -> str:
@@ -195,15 +200,22 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
     names = (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR, "tfrecord", "webdataset")
     names += (REPORT_FILE, SAMPLES_FILE, "dead_letter")
-    ours = [FileSystems.join(output, n) for n in names]
-    existing = [p for p in ours if FileSystems.exists(p)]
+    existing = []
+    for name in names:
+        path = FileSystems.join(output, name)
+        # Object stores have no folders: a folder of ours is whatever lies under its prefix.
+        patterns = [path] if "://" not in output else [path, path + "/**"]
+        for result in FileSystems.match(patterns):
+            existing.extend(m.path for m in result.metadata_list)
+        if "://" not in output and os.path.isdir(path):
+            existing.append(path)
     if existing and not overwrite:
         raise CurateError(
-            f"--output {output!r} already holds a run ({os.path.basename(existing[0])}); "
+            f"--output {output!r} already holds a run ({existing[0]}); "
             "pass --overwrite to replace it"
         )
     if existing:
-        FileSystems.delete(existing)
+        FileSystems.delete(sorted(set(existing)))
 
 
 def check_tables(inputs: list[str], cfg: CurationConfig) -> None:
@@ -290,6 +302,8 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
             f"--formats {','.join(cfg.formats)} needs the images: "
             f"drop --stop-after {args.stop_after}, or write parquet only"
         )
+    # Options first: a Dataflow submission missing --region fails before anything is read.
+    options = _pipeline_options(beam_args, [*args.input, args.output])
     inputs = expand_inputs(args.input)
     check_tables(inputs, cfg)
     prepare_output(args.output, args.overwrite)
@@ -297,7 +311,6 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.io import join, write_atomic
     from pipelines.run import CONFIG_FILE, run
 
-    options = _pipeline_options(beam_args)
     write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
     print(f"curate: {len(inputs)} input file(s) -> {args.output}", file=sys.stderr)
     from pipelines.progress import Reporter
@@ -309,7 +322,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0 if ok else 1
 
 
-def _pipeline_options(beam_args: list[str]):
+def _pipeline_options(beam_args: list[str], paths: list[str] = ()):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     try:
@@ -317,7 +330,42 @@ def _pipeline_options(beam_args: list[str]):
         options.get_all_options(retain_unknown_options=False)
     except (SystemExit, ValueError) as e:
         raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
+    check_dataflow_options(options, paths)
     return options
+
+
+def check_dataflow_options(options: Any, paths: list[str]) -> None:
+    """Before submitting to Dataflow, name every missing or unusable option in one message."""
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        SetupOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
+
+    runner = (options.view_as(StandardOptions).runner or "").lower()
+    if runner not in ("dataflowrunner", "dataflow"):
+        return
+    gcp = options.view_as(GoogleCloudOptions)
+    setup = options.view_as(SetupOptions)
+    problems = []
+    if not gcp.project:
+        problems.append("--project: the Google Cloud project to run in")
+    if not gcp.region:
+        problems.append("--region: where the workers run, e.g. us-central1")
+    if not (gcp.temp_location or "").startswith("gs://"):
+        problems.append("--temp_location gs://BUCKET/tmp: Dataflow stages files there")
+    image = options.view_as(WorkerOptions).sdk_container_image
+    if not image and not setup.setup_file:
+        problems.append(
+            "--sdk_container_image IMAGE (built from the Dockerfile, with the NSFW model "
+            "inside), or --setup_file ./setup.py to install the package on each worker"
+        )
+    local = [p for p in paths if "://" not in p]
+    if local:
+        problems.append(f"inputs and --output must be gs:// paths workers can read: {local[0]}")
+    if problems:
+        raise CurateError("DataflowRunner needs: " + "; ".join(problems))
 
 
 def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[str, Any]) -> int:
@@ -341,8 +389,8 @@ def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[st
         cfg = CurationConfig.from_mapping({**base, **_file_overrides(args.config), **overrides})
     except ConfigError as e:
         raise CurateError(str(e)) from e
+    options = _pipeline_options(beam_args, [previous, args.output])
     prepare_output(args.output, args.overwrite)
-    options = _pipeline_options(beam_args)
     write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
     print(f"curate: retrying transient failures of {previous} -> {args.output}", file=sys.stderr)
     with Reporter(interval=args.progress_interval):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +22,29 @@ from apache_beam.io.filesystems import FileSystems
 from curation.shards import SUFFIX, encode_shard
 
 TMP_PREFIX = ".tmp-"
+
+
+def _anonymous_gcs_for_emulator() -> None:
+    """Against a GCS emulator (STORAGE_EMULATOR_HOST), use anonymous access at once.
+
+    Without credentials, Beam looks for Application Default Credentials with four retries
+    and exponential backoff (~25 s per process) before falling back to anonymous access. An
+    emulator needs none, so Beam's credential cache is primed with "none" here. This runs
+    when this module is imported: in the launcher and in every worker process that
+    unpickles our steps. Real GCS (no emulator variable) is untouched.
+    """
+    if not os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    try:
+        from apache_beam.internal.gcp import auth
+    except ImportError:  # Beam without the gcp extra: gs:// is unavailable anyway
+        return
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials = None
+        auth._Credentials._credentials_init = True
+
+
+_anonymous_gcs_for_emulator()
 
 
 def join(*parts: str) -> str:

@@ -1,0 +1,4 @@
+from setuptools import setup
+
+# Dataflow's --setup_file needs a setup.py; everything is declared in pyproject.toml.
+setup()
