@@ -150,6 +150,12 @@ class CurationConfig:
         "Pillow's own decompression-bomb warning limit",
     )
     nsfw: bool = _opt(True, "score images with the NSFW model", "ALIGN §3: remove pornography")
+    nsfw_threads: int = _opt(
+        1,
+        "onnxruntime threads per NSFW model (0: one per core); raise it on an idle machine "
+        "running one worker thread",
+        "measured on a shared 2-core machine: 23.7 ms/image at 1 thread, 60.6 at 0 (both cores)",
+    )
     nsfw_threshold: float = _opt(
         0.8,
         "reject images whose open_nsfw score is at or above this",

