@@ -27,6 +27,9 @@ def train_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--learning-rate", type=float, help="peak learning rate")
     ap.add_argument("--optimizer", choices=["lamb", "adamw"])
     ap.add_argument("--num-workers", type=int, help="DataLoader workers per process")
+    ap.add_argument("--warmup-steps", type=int, help="linear warm-up steps")
+    ap.add_argument("--total-steps", type=int, help="where the linear decay reaches 0")
+    ap.add_argument("--temperature-init", type=float, help="initial softmax temperature")
     args = ap.parse_args(argv)
     try:
         cfg = TrainConfig.load(
@@ -36,6 +39,9 @@ def train_main(argv: list[str] | None = None) -> int:
                 "learning_rate": args.learning_rate,
                 "optimizer": args.optimizer,
                 "num_workers": args.num_workers,
+                "warmup_steps": args.warmup_steps,
+                "total_steps": args.total_steps,
+                "temperature_init": args.temperature_init,
             },
         )
         from trainer.train import train

@@ -19,6 +19,23 @@ from transformers.models.efficientnet.modeling_efficientnet import round_filters
 from trainer.config import TrainConfig
 
 
+def _efficientnet_init(module: nn.Module) -> None:
+    """EfficientNet's own initialisation, for training from scratch.
+
+    Hugging Face initialises every convolution with N(0, 0.02), which suits loading
+    pretrained weights but not training from scratch: through dozens of layers the
+    activations shrink to ~1e-34 (measured on the tiny config) and nothing learns. The
+    reference implementation draws convolution kernels from N(0, sqrt(2 / fan_out)).
+    """
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class DualEncoder(nn.Module):
     """Image and text towers into one normalized embedding space, plus the temperature."""
 
@@ -29,6 +46,7 @@ class DualEncoder(nn.Module):
         # needs hidden_dim to match it.
         image_cfg.hidden_dim = round_filters(image_cfg, 1280)
         self.image = EfficientNetModel(image_cfg)
+        self.image.apply(_efficientnet_init)
         self.image_projection = (
             nn.Identity()
             if image_cfg.hidden_dim == cfg.embed_dim

@@ -110,11 +110,14 @@ def _batches(loader: DataLoader) -> Iterator[dict[str, Any]]:
         yield from loader
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig) -> None:
-    """Model, optimizer and schedule state, written atomically."""
+def save_checkpoint(
+    path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, batches: int
+) -> None:
+    """Model, optimizer, schedule, random state and data position, written atomically."""
     module = model.module if isinstance(model, DistributedDataParallel) else model
     state = {
         "step": step,
+        "batches": batches,  # loader batches consumed: where the data stream stands
         "model": module.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -147,14 +150,16 @@ def train(cfg: TrainConfig, data: list[str], steps: int, output: Path) -> dict[s
     model.to(device)
     optimizer = make_optimizer(model, cfg.optimizer, cfg.learning_rate, cfg.weight_decay)
     scheduler = warmup_linear_decay(optimizer, cfg.warmup_steps, cfg.total_steps)
-    step = 0
+    step = consumed = 0
+    rng_state = None
     ckpt = output / CHECKPOINT
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step = state["step"]
+        step, consumed = state["step"], state.get("batches", state["step"])
+        rng_state = state["rng"]
     if world > 1:
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -167,7 +172,7 @@ def train(cfg: TrainConfig, data: list[str], steps: int, output: Path) -> dict[s
         resize=cfg.resize,
         crop=cfg.crop,
         shuffle_buffer=cfg.shuffle_buffer,
-        seed=cfg.seed + step,  # a resumed run does not replay the same order
+        seed=cfg.seed,
         epochs=None,
     )
     loader = DataLoader(
@@ -183,8 +188,18 @@ def train(cfg: TrainConfig, data: list[str], steps: int, output: Path) -> dict[s
     failures = 0
     started, seen = time.monotonic(), 0
     metrics = (output / METRICS).open("a") if rank == 0 else None
+    batches = _batches(loader)
+    # Resume where the interrupted run stood: replay the data stream past the batches it
+    # consumed (the same seed gives the same order and augmentations), then restore the
+    # random state, so a resumed run reaches the same loss as an uninterrupted one.
+    for _ in range(consumed):
+        next(batches)
+    if rng_state is not None:
+        torch.set_rng_state(rng_state["torch"])
+        random.setstate(rng_state["python"])
     try:
-        for item in _batches(loader):
+        for item in batches:
+            consumed += 1
             if step >= steps:
                 break
             failures += len(item["decode_failures"])
@@ -203,7 +218,7 @@ def train(cfg: TrainConfig, data: list[str], steps: int, output: Path) -> dict[s
                 metrics.write(json.dumps(line) + "\n")
                 metrics.flush()
             if rank == 0 and (step % cfg.checkpoint_every == 0 or step == steps):
-                save_checkpoint(ckpt, model, optimizer, scheduler, step, cfg)
+                save_checkpoint(ckpt, model, optimizer, scheduler, step, cfg, consumed)
     finally:
         if metrics:
             metrics.close()
