@@ -226,3 +226,34 @@ def test_torchrun_two_ranks_on_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3]  # rank 0 alone writes metrics
+
+
+def test_gpu_benchmark_script_runs_on_cpu() -> None:
+    """The GPU benchmark's smoke mode: the script works before a GPU is there to run it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "bench_trainer_gpu.py"),
+            "--device",
+            "cpu",
+            "--config",
+            "tiny",
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--fixed-batch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout[result.stdout.index("{") :])
+    assert out["batch"] == 4 and out["samples_per_s"] > 0
