@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
+from common import write_marked_section  # bench/common.py, beside this script
 from fastwarc.warc import ArchiveIterator as FastWarcIterator
 from selectolax.lexbor import LexborHTMLParser
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
@@ -273,13 +274,7 @@ def write_section(section: str) -> None:
             f"Machine: {machine()}.\n\n{block}\n"
         )
         return
-    text = BENCHMARKS_MD.read_text()
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    BENCHMARKS_MD.write_text(text)
+    write_marked_section(START, END, section, BENCHMARKS_MD)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from common import write_marked_section  # bench/common.py, beside this script
 from images_corpus import real_images, source_photos
 from images_e2e import (
     Tool,
@@ -172,14 +173,7 @@ def machine(i2d_exe: str) -> str:
 
 def write_section(section: str) -> None:
     """Replace our marked section of BENCHMARKS.md, read just before writing; else append."""
-    block = f"{START}\n{section}\n{END}"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    BENCHMARKS_MD.write_text(text)
+    write_marked_section(START, END, section, BENCHMARKS_MD)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 import py3langid
+from common import write_marked_section  # bench/common.py, beside this script
 
 from filters.language import detect_language
 
@@ -143,14 +144,7 @@ def machine() -> str:
 
 def write_section(section: str) -> None:
     """Replace the marked section of BENCHMARKS.md (read just now), or append it."""
-    block = f"{START}\n{section}\n{END}"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    BENCHMARKS_MD.write_text(text)
+    write_marked_section(START, END, section, BENCHMARKS_MD)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

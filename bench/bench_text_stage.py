@@ -35,6 +35,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_marked_section  # bench/common.py, beside this script
 from gen_candidates import write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -211,14 +212,7 @@ def machine() -> str:
 
 def write_section(section: str) -> None:
     """Replace this benchmark's marked section of BENCHMARKS.md, or append it."""
-    block = f"{START}\n{section}\n{END}"
-    text = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n{block}\n"
-    BENCHMARKS_MD.write_text(text)
+    write_marked_section(START, END, section, BENCHMARKS_MD)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
