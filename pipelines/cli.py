@@ -304,6 +304,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     # Options first: a Dataflow submission missing --region fails before anything is read.
     options = _pipeline_options(beam_args, [*args.input, args.output])
+    cfg = resolve_runtime_defaults(cfg, options)
     inputs = expand_inputs(args.input)
     check_tables(inputs, cfg)
     prepare_output(args.output, args.overwrite)
@@ -320,6 +321,22 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     text, ok = summarize(args.output)
     print(text)
     return 0 if ok else 1
+
+
+def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfig:
+    """Settle the config's 'auto' values once the runner is known (at the entry point)."""
+    import dataclasses
+
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    if cfg.nsfw_threads != -1:
+        return cfg
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
+    mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
+    local = runner in ("directrunner", "direct", "fnapirunner") and mode == "in_memory"
+    # In memory, one bundle runs at a time: the model may use every core. Elsewhere several
+    # SDK threads or processes share the cores, and one thread each avoids oversubscription.
+    return dataclasses.replace(cfg, nsfw_threads=0 if local else 1)
 
 
 def _pipeline_options(beam_args: list[str], paths: list[str] = ()):
@@ -390,6 +407,7 @@ def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[st
     except ConfigError as e:
         raise CurateError(str(e)) from e
     options = _pipeline_options(beam_args, [previous, args.output])
+    cfg = resolve_runtime_defaults(cfg, options)
     prepare_output(args.output, args.overwrite)
     write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
     print(f"curate: retrying transient failures of {previous} -> {args.output}", file=sys.stderr)

@@ -364,7 +364,8 @@ class NsfwModelHandler(ModelHandler[bytes, float, Any]):
         self.threads = threads
 
     def load_model(self) -> Any:
-        return OpenNsfwScorer(threads=self.threads)
+        # -1 (auto) unresolved, as when the pipeline is built without the CLI: the safe 1.
+        return OpenNsfwScorer(threads=1 if self.threads < 0 else self.threads)
 
     def run_inference(
         self, batch: Sequence[bytes], model: Any, inference_args: dict[str, Any] | None = None
