@@ -21,6 +21,12 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL)
     tok.train_from_iterator(texts, trainer=trainer)
+    # The trainer numbers tokens in hash-map order: renumber them in a canonical order. (Which
+    # tokens it learns can still differ between trainings when merges tie in frequency, so a
+    # run saves its tokenizer and a resumed run reuses it.)
+    learned = tok.get_vocab()
+    order = SPECIAL + sorted(t for t in learned if t not in SPECIAL)
+    tok.model = models.WordPiece({t: i for i, t in enumerate(order)}, unk_token="[UNK]")
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
