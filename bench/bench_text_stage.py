@@ -284,7 +284,8 @@ CPU time (user + sys) is less sensitive than wall time to a busy neighbour on a 
 
 The funnel of the last run of each configuration (`OUT/stats.json`). `text_rare_token` is 0
 with the defaults (the top 100M unigrams and bigrams keep every token at these sizes), but
-the vocabulary is still counted and joined back to every candidate, so its work is done.
+the vocabulary is still counted (its boundary shows every token is in, so candidates skip
+the token join).
 
 {funnel_table(cfgs)}
 
