@@ -24,7 +24,6 @@ class NsfwScorer(Protocol):
 
     def score_batch(self, images: Sequence[Image.Image]) -> list[float]:
         """One score per image, in order."""
-        ...
 
 
 class OpenNsfwScorer:
