@@ -9,6 +9,7 @@ Decisions are the pure functions of filters/; this module only composes them.
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,12 +18,6 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import (
-    KeyedModelHandler,
-    ModelHandler,
-    PredictionResult,
-    RunInference,
-)
 from apache_beam.utils.shared import Shared
 
 from curation import reasons
@@ -43,7 +38,7 @@ from filters.image import (
     sha256,
     sniff_image,
 )
-from filters.nsfw import OpenNsfwScorer, check_nsfw
+from filters.nsfw import check_nsfw
 from pipelines import progress
 from pipelines.deadletter import BAD
 
@@ -52,12 +47,21 @@ REJECTED = "rejected"
 URLS = "urls"
 PRIOR = "!"
 IMAGES = "images"
+GOOD = "good"  # FetchImages' main output (Beam names with_exception_handling's main so)
+BLOBS = "blobs"  # (sha256, image bytes): apart from the metadata, joined once at the end
+MEASURE_BAD = "measure_bad"  # dead letters of measuring, which runs in the fetch threads
+TO_SCORE = "to_score"
 _IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageInfo:
-    """One fetched, measured image (keyed by its content hash)."""
+    """One fetched, measured image (keyed by its content hash), without its bytes.
+
+    The bytes (tens of KB) travel in their own collection, keyed by hash: the joins that
+    decide on an image move only this record, and the bytes are joined once, to the
+    survivors (the profile had image bytes through five joins as ~1/3 of the stage).
+    """
 
     url: str
     sha256: str
@@ -67,7 +71,6 @@ class ImageInfo:
     original_width: int
     original_height: int
     image_format: str
-    data: bytes  # what the shards store: original bytes, or the re-encoded JPEG
 
 
 def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:
@@ -156,10 +159,17 @@ class IndexArchiveImagesFn(beam.DoFn):
 
 
 class FetchImagesFn(beam.DoFn):
-    """A batch of (url, archive location or None) -> (url, FetchResult), concurrently."""
+    """A batch of (url, archive location or None) -> (url, FetchResult), concurrently.
 
-    def __init__(self, cfg: CurationConfig) -> None:
+    With `measured`, each fetch thread also measures its image (header, size rule, draft
+    decode, hashes: Pillow and numpy release the GIL, so this uses every core), and the
+    outputs are (url, ImageInfo | Rejection) plus BLOBS (sha256, bytes) for each image that
+    passed, and MEASURE_BAD dead letters for a measurement that raised.
+    """
+
+    def __init__(self, cfg: CurationConfig, measured: bool = False) -> None:
         self.cfg = cfg
+        self.measured = measured
 
     def setup(self) -> None:
         settings = fetch_settings(self.cfg)
@@ -174,15 +184,34 @@ class FetchImagesFn(beam.DoFn):
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
         from_web = [u for u, loc in batch if loc is None]
-        for url, result in self._read_archives(from_archive):
-            yield url, result
+        read = list(self._read_archives(from_archive))
+        for outputs in self.pool.map(lambda ur: self._outputs(*ur), read):
+            yield from outputs
         if self.cfg.images_from == "archive":
             for url in from_web:
-                yield url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE)
+                yield from self._outputs(url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE))
             return
-        for result in self.pool.map(self.fetcher.fetch, from_web):
-            progress.bump("images", int(result.ok))
-            yield result.url, _sniffed(result)
+        for ok, outputs in self.pool.map(self._fetch, from_web):
+            progress.bump("images", int(ok))
+            yield from outputs
+
+    def _fetch(self, url: str) -> tuple[bool, list[Any]]:
+        result = self.fetcher.fetch(url)
+        return result.ok, self._outputs(url, _sniffed(result))
+
+    def _outputs(self, url: str, result: FetchResult) -> list[Any]:
+        """What one fetched URL yields (run in a pool thread)."""
+        if not self.measured:
+            return [(url, result)]
+        try:
+            outcome = measure(url, result, self.cfg)
+        except Exception as exc:  # a dead letter with its traceback, as Beam would make
+            failure = (type(exc), repr(exc), traceback.format_exception(exc))
+            return [beam.pvalue.TaggedOutput(MEASURE_BAD, ((url, result), failure))]
+        if isinstance(outcome, Rejection):
+            return [(url, outcome)]
+        info, data = outcome
+        return [(url, info), beam.pvalue.TaggedOutput(BLOBS, (info.sha256, data))]
 
     def finish_bundle(self) -> None:
         progress.flush()
@@ -219,12 +248,14 @@ def _sniffed(result: FetchResult) -> FetchResult:
 
 class FetchImages(beam.PTransform):
     """Unique image URLs -> `good`: (url, FetchResult), each URL fetched once; `bad`: the
-    batches whose fetching raised (dead letters)."""
+    batches whose fetching raised (dead letters). With `measured`, `good` holds
+    (url, ImageInfo | Rejection), plus BLOBS and MEASURE_BAD (see FetchImagesFn)."""
 
-    def __init__(self, archives: list[str], cfg: CurationConfig) -> None:
+    def __init__(self, archives: list[str], cfg: CurationConfig, measured: bool = False) -> None:
         super().__init__()
         self.archives = sorted(archives)
         self.cfg = cfg
+        self.measured = measured
 
     def expand(self, urls):
         if self.cfg.images_from == "http" or not self.archives:
@@ -255,15 +286,21 @@ class FetchImages(beam.PTransform):
             >> beam.BatchElements(
                 min_batch_size=self.cfg.fetch_threads, max_batch_size=8 * self.cfg.fetch_threads
             )
-            | "Fetch" >> beam.ParDo(FetchImagesFn(self.cfg)).with_exception_handling()
+            | "Fetch"
+            >> beam.ParDo(FetchImagesFn(self.cfg, self.measured))
+            .with_outputs(BLOBS, MEASURE_BAD, main=GOOD)
+            .with_exception_handling()
         )
 
 
 # --- Measuring: header first, then a draft decode for the hash.
 
 
-def measure(url: str, result: FetchResult, cfg: CurationConfig) -> ImageInfo | Rejection:
-    """Decode guard, size/aspect rules and hashes for one fetched image."""
+def measure(
+    url: str, result: FetchResult, cfg: CurationConfig
+) -> tuple[ImageInfo, bytes] | Rejection:
+    """Decode guard, size/aspect rules and hashes for one fetched image: its record, and the
+    bytes the shards store (the original, or the re-encoded JPEG under a resize mode)."""
     if not result.ok:
         return Rejection(_FETCH, result.reason or reasons.FETCH_FAILED, result.detail)
     data = result.data
@@ -283,7 +320,7 @@ def measure(url: str, result: FetchResult, cfg: CurationConfig) -> ImageInfo | R
             return full
         stored = resized_jpeg(full, cfg.resize_mode, cfg.resize_max_side, cfg.jpeg_quality)
         width, height = full.size if cfg.resize_mode == "none" else _size_of(stored)
-    return ImageInfo(
+    info = ImageInfo(
         url=url,
         sha256=sha256(data),
         phash=phash(thumb),
@@ -292,19 +329,14 @@ def measure(url: str, result: FetchResult, cfg: CurationConfig) -> ImageInfo | R
         original_width=header.width,
         original_height=header.height,
         image_format=header.format,
-        data=stored,
     )
+    return info, stored
 
 
 def _size_of(data: bytes) -> tuple[int, int]:
     header = read_header(data, 1 << 62)
     assert not isinstance(header, Rejection), "our own JPEG must read back"
     return header.width, header.height
-
-
-def _measured(item: tuple[str, FetchResult], cfg: CurationConfig) -> tuple[str, Any]:
-    url, result = item
-    return url, measure(url, result, cfg)
 
 
 def _attach(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
@@ -353,35 +385,6 @@ def _eval_entry(path: str) -> list[tuple[str, str]]:
     return [(path.rsplit("/", 1)[-1], phash(im))]
 
 
-# --- NSFW through RunInference: the model loads once per worker, runs in batches.
-
-
-class NsfwModelHandler(ModelHandler[bytes, float, Any]):
-    """Scores image bytes with the NSFW scorer; a thumbnail decode feeds the model."""
-
-    def __init__(self, threads: int = 1) -> None:
-        super().__init__()
-        self.threads = threads
-
-    def load_model(self) -> Any:
-        # -1 (auto) unresolved, as when the pipeline is built without the CLI: the safe 1.
-        return OpenNsfwScorer(threads=1 if self.threads < 0 else self.threads)
-
-    def run_inference(
-        self, batch: Sequence[bytes], model: Any, inference_args: dict[str, Any] | None = None
-    ) -> Iterable[PredictionResult]:
-        images = [decode(data) for data in batch]
-        usable = [im for im in images if not isinstance(im, Rejection)]
-        scores = iter(model.score_batch(usable))
-        for data, im in zip(batch, images, strict=True):
-            # An image that decoded a moment ago and not now scores 1.0: refuse, never keep.
-            score = 1.0 if isinstance(im, Rejection) else next(scores)
-            yield PredictionResult(data, score)
-
-    def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": 16}
-
-
 class ImageStage(beam.PTransform):
     """Text survivors -> kept candidates carrying their image, and rejected ones."""
 
@@ -402,12 +405,9 @@ class ImageStage(beam.PTransform):
         )
         busy_url = by_url | "Texts per url" >> RejectBusyImages(url_texts, cfg, "url")
         rejected.append(busy_url[REJECTED])
-        # 2. Fetch each URL once; measure it.
-        fetched = busy_url[URLS] | "Fetch images" >> FetchImages(self.archives, cfg)
-        measured = (
-            fetched["good"] | "Measure images" >> beam.Map(_measured, cfg).with_exception_handling()
-        )
-        outcomes = measured["good"]
+        # 2. Fetch each URL once and measure it, in the fetch threads.
+        fetched = busy_url[URLS] | "Fetch images" >> FetchImages(self.archives, cfg, True)
+        outcomes = fetched[GOOD]
         attached = (
             {"o": outcomes, "c": busy_url[KEPT]}
             | "Join outcomes" >> beam.CoGroupByKey()
@@ -442,21 +442,36 @@ class ImageStage(beam.PTransform):
             )
         )
         verdicts = entries | "Image rules" >> _ImageRules(cfg, self.prior)
+        # 4. The one join that moves image bytes: verdicts, candidates and bytes by hash.
         final = (
-            {"v": verdicts, "c": by_sha}
+            {"v": verdicts, "c": by_sha, "b": fetched[BLOBS]}
             | "Join verdicts" >> beam.CoGroupByKey()
-            | "Apply verdicts" >> beam.FlatMap(_apply_verdict).with_outputs(REJECTED, main=KEPT)
+            | "Apply verdicts"
+            >> beam.FlatMap(_apply_verdict, cfg.nsfw).with_outputs(REJECTED, TO_SCORE, main=KEPT)
         )
         rejected.append(final[REJECTED])
+        kept = [final[KEPT]]
+        # 5. NSFW last: the dearest step, on the survivors of every other rule only. The
+        # survivors' candidates ride in the key, so no join follows the model.
+        if cfg.nsfw:
+            from pipelines.nsfw import score_nsfw  # Beam's RunInference imports torch
+
+            scored = (
+                final[TO_SCORE]
+                | "Score NSFW" >> score_nsfw(cfg.nsfw_threads)
+                | "Apply NSFW" >> beam.FlatMap(_apply_nsfw, cfg).with_outputs(REJECTED, main=KEPT)
+            )
+            rejected.append(scored[REJECTED])
+            kept.append(scored[KEPT])
         return {
-            KEPT: final[KEPT],
+            KEPT: tuple(kept) | "All image kept" >> beam.Flatten(),
             REJECTED: tuple(rejected) | "All image rejects" >> beam.Flatten(),
-            BAD: {"fetch": fetched["bad"], "measure": measured["bad"]},
+            BAD: {"fetch": fetched[BAD], "measure": fetched[MEASURE_BAD]},
         }
 
 
 class _ImageRules(beam.PTransform):
-    """(sha, (rep uid, ImageInfo)) -> (sha, Rejection | (ImageInfo, nsfw score))."""
+    """(sha, (rep uid, ImageInfo)) -> (sha, Rejection | ImageInfo): eval and near-duplicates."""
 
     def __init__(self, cfg: CurationConfig, prior=None) -> None:
         super().__init__()
@@ -505,22 +520,7 @@ class _ImageRules(beam.PTransform):
             )
             verdicts.append(checked[REJECTED])
             survivors = checked[KEPT]
-        # NSFW last: the dearest, on the fewest images.
-        if cfg.nsfw:
-            scored = (
-                survivors
-                | "Image bytes" >> beam.Map(lambda kv: (kv[0], kv[1][1].data))
-                | "Score NSFW"
-                >> RunInference(KeyedModelHandler(NsfwModelHandler(cfg.nsfw_threads)))
-                | "Score" >> beam.Map(lambda kv: (kv[0], float(kv[1].inference)))
-            )
-            kept = (
-                {"s": scored, "e": survivors}
-                | "Join scores" >> beam.CoGroupByKey()
-                | "Apply NSFW" >> beam.FlatMap(_apply_nsfw, cfg)
-            )
-        else:
-            kept = survivors | "No NSFW" >> beam.Map(lambda kv: (kv[0], (kv[1][1], None)))
+        kept = survivors | "Survivor" >> beam.Map(lambda kv: (kv[0], kv[1][1]))
         return (*verdicts, kept) | "All verdicts" >> beam.Flatten()
 
 
@@ -555,33 +555,46 @@ def _drop_near(item) -> Iterator[Any]:
             yield sha, entry
 
 
-def _apply_nsfw(item, cfg: CurationConfig) -> Iterator[Any]:
-    sha, joined = item
-    for _, info in joined["e"]:
-        score = joined["s"][0] if joined["s"] else 1.0
-        rejection = check_nsfw(score, cfg)
-        yield sha, (rejection if rejection is not None else (info, score))
-
-
-def _apply_verdict(item) -> Iterator[Any]:
+def _apply_verdict(item, nsfw: bool) -> Iterator[Any]:
+    """Candidates of one hash + its verdict + its bytes -> rejected, kept, or TO_SCORE."""
     _, joined = item
     verdict = joined["v"][0] if joined["v"] else None
-    for candidate in joined["c"]:
-        if verdict is None:
-            yield _reject(candidate, Rejection(_IMAGE, reasons.FETCH_FAILED, "no verdict"))
-        elif isinstance(verdict, Rejection):
+    candidates = joined["c"]
+    if verdict is None:
+        verdict = Rejection(_IMAGE, reasons.FETCH_FAILED, "no verdict")
+    elif not isinstance(verdict, Rejection) and not joined["b"]:
+        verdict = Rejection(_IMAGE, reasons.INTERNAL_ERROR, "image bytes missing")
+    if isinstance(verdict, Rejection):
+        for candidate in candidates:
             yield _reject(candidate, verdict)
+    elif nsfw and candidates:
+        yield beam.pvalue.TaggedOutput(TO_SCORE, ((verdict, candidates), joined["b"][0]))
+    else:
+        for candidate in candidates:
+            yield _with_image(candidate, verdict, joined["b"][0], None)
+
+
+def _apply_nsfw(item, cfg: CurationConfig) -> Iterator[Any]:
+    (info, candidates), result = item
+    score = float(result.inference)
+    rejection = check_nsfw(score, cfg)
+    for candidate in candidates:
+        if rejection is not None:
+            yield _reject(candidate, rejection)
         else:
-            info, score = verdict
-            yield dataclasses.replace(
-                candidate,
-                width=info.width,
-                height=info.height,
-                original_width=info.original_width,
-                original_height=info.original_height,
-                image_format=info.image_format,
-                sha256=info.sha256,
-                phash=info.phash,
-                nsfw_score=score,
-                image=info.data,
-            )
+            yield _with_image(candidate, info, result.example, score)
+
+
+def _with_image(candidate: Candidate, info: ImageInfo, data: bytes, score: float | None):
+    return dataclasses.replace(
+        candidate,
+        width=info.width,
+        height=info.height,
+        original_width=info.original_width,
+        original_height=info.original_height,
+        image_format=info.image_format,
+        sha256=info.sha256,
+        phash=info.phash,
+        nsfw_score=score,
+        image=data,
+    )
