@@ -7,6 +7,7 @@ list[float]` can stand in: another model with a local weights file, a CLIP-based
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -36,12 +37,15 @@ class OpenNsfwScorer:
 
         # 0 lets onnxruntime use one thread per core.
         self._classifier = NSFWClassifier(intra_op_num_threads=threads or None)
+        # The same threads resize and re-encode the inputs (Pillow releases the GIL).
+        self._workers = threads or os.cpu_count() or 1
 
     def score_batch(self, images: Sequence[Image.Image]) -> list[float]:
         """open_nsfw's NSFW probability for each image."""
         if not images:
             return []
-        return [p.nsfw for p in self._classifier.classify_batch(list(images), max_workers=1)]
+        batch = list(images)
+        return [p.nsfw for p in self._classifier.classify_batch(batch, max_workers=self._workers)]
 
 
 def check_nsfw(score: float, cfg: CurationConfig) -> Rejection | None:
