@@ -181,19 +181,32 @@ class FetchImagesFn(beam.DoFn):
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
+    def start_bundle(self) -> None:
+        # The bytes of one image under many URLs go to the join once per bundle, not once
+        # per URL (an image on 500 pages would otherwise cross the shuffle 500 times).
+        self.sent: set[str] = set()
+
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
         from_web = [u for u, loc in batch if loc is None]
         read = list(self._read_archives(from_archive))
         for outputs in self.pool.map(lambda ur: self._outputs(*ur), read):
-            yield from outputs
+            yield from self._once(outputs)
         if self.cfg.images_from == "archive":
             for url in from_web:
                 yield from self._outputs(url, FetchResult(url, reason=reasons.NOT_IN_ARCHIVE))
             return
         for ok, outputs in self.pool.map(self._fetch, from_web):
             progress.bump("images", int(ok))
-            yield from outputs
+            yield from self._once(outputs)
+
+    def _once(self, outputs: list[Any]) -> Iterator[Any]:
+        for out in outputs:
+            if isinstance(out, beam.pvalue.TaggedOutput) and out.tag == BLOBS:
+                if out.value[0] in self.sent:
+                    continue
+                self.sent.add(out.value[0])
+            yield out
 
     def _fetch(self, url: str) -> tuple[bool, list[Any]]:
         result = self.fetcher.fetch(url)
