@@ -109,7 +109,7 @@ def stage_times(urls: list[str], texts: list[str], sample: int, work: Path) -> d
     for r in results:
         measure(r.url, r, cfg)
     out["measure: header, size, thumbnail, pHash, sha256"] = time.perf_counter() - t0
-    scorer, some = OpenNsfwScorer(), [r.data for r in results[:sample]]
+    scorer, some = OpenNsfwScorer(threads=1), [r.data for r in results[:sample]]
     t0 = time.perf_counter()
     for i in range(0, len(some), 16):  # RunInference decodes again, then scores
         scorer.score_batch([decode(d) for d in some[i : i + 16]])
@@ -204,33 +204,44 @@ def corpus_facts(folder: Path, hashes: list[str]) -> str:
 
 
 def end_to_end(
-    n: int, hosts: int, rounds: int, timeout: float, work: Path, folder: Path, tools: list[Tool]
+    n: int,
+    small: int,
+    hosts: int,
+    rounds: int,
+    timeout: float,
+    work: Path,
+    folder: Path,
+    tools: list[Tool],
 ) -> dict:
-    """Serve the corpus on `hosts` ports of 127.0.0.1, run every tool `rounds` times
-    (interleaved, order rotated), then time our stages; the server stops in every case."""
+    """Serve the corpus on `hosts` ports of 127.0.0.1, run every tool `rounds` times on the
+    n URLs and on the first `small` (interleaved, order rotated), then time our stages; the
+    server stops in every case."""
     ports = free_ports(hosts)
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/{i:05d}.jpg" for i in range(n)]
     texts = captions(n, SEED)
-    lst = work / "urls.parquet"
-    write_url_list(lst, urls, texts)
+    lists = {n: work / "urls.parquet", small: work / "urls-small.parquet"}
+    for size, lst in lists.items():
+        write_url_list(lst, urls[:size], texts[:size])
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}  # no update check from albumentations
-    walls: dict[str, list[float]] = {t.name: [] for t in tools}
-    kept: dict[str, list[int]] = {t.name: [] for t in tools}
+    runs = [(t, size) for t in tools for size in (n, small)]
+    walls: dict[tuple[str, int], list[float]] = {(t.name, size): [] for t, size in runs}
+    kept: dict[tuple[str, int], list[int]] = {(t.name, size): [] for t, size in runs}
     server = LocalServer(folder, ports)
     try:
         for r in range(rounds):
-            k = r % len(tools)
-            for t in [*tools[k:], *tools[:k]]:
-                i = tools.index(t)
+            k = r % len(runs)
+            for t, size in [*runs[k:], *runs[:k]]:
+                i, key = runs.index((t, size)), (t.name, size)
                 out = work / f"out-{i}"
                 shutil.rmtree(out, ignore_errors=True)
-                walls[t.name].append(timed_run(t.argv(lst, out), env, timeout, work / f"{i}.log"))
-                kept[t.name].append(t.kept(out))
-                print(f"round {r}: {t.name}: {walls[t.name][-1]:.1f} s", file=sys.stderr)
+                lst = lists[size]
+                walls[key].append(timed_run(t.argv(lst, out), env, timeout, work / f"{i}.log"))
+                kept[key].append(t.kept(out))
+                print(f"round {r}: {t.name}, {size}: {walls[key][-1]:.1f} s", file=sys.stderr)
         stats = json.loads((work / "out-0" / "stats.json").read_text())
         stages = stage_times(urls, texts, min(n, 256), work)
         prof_out = work / "out-prof"
-        profile = profile_by_package(tools[1].argv(lst, prof_out), env, timeout, work)
+        profile = profile_by_package(tools[1].argv(lists[n], prof_out), env, timeout, work)
     finally:
         server.close()
     return {"walls": walls, "kept": kept, "stats": stats, "stages": stages, "profile": profile}
@@ -239,26 +250,41 @@ def end_to_end(
 # --- Tables for the report.
 
 
-def e2e_table(tools: list[Tool], res: dict, n: int) -> tuple[str, dict[str, float]]:
+def e2e_table(
+    tools: list[Tool], res: dict, n: int, small: int
+) -> tuple[str, dict[str, float], dict[str, float]]:
+    """The runs' table, and per tool the median ratio of its kept images/s to the baseline's
+    (the last tool) over the whole run and at scale (start-up excluded), round by round."""
     walls, kept, base = res["walls"], res["kept"], tools[-1].name
     lines = [
         "| run | wall s, median (min–max) | kept | kept images/s | URLs/s "
-        f"| images/s × {base} (min–max) |",
-        "|---|--:|--:|--:|--:|--:|",
+        f"| images/s × {base} (min–max) | wall s, {small:,} URLs | kept images/s at scale "
+        f"| at scale × {base} (min–max) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    rel = {}
+
+    def at_scale(name: str) -> list[float]:
+        # The extra images kept per extra second from the small list to the full one.
+        return [(kn - ks) / (wn - ws) for kn, ks, wn, ws in zip(
+            kept[name, n], kept[name, small], walls[name, n], walls[name, small], strict=True
+        )]  # fmt: skip
+
+    rel, rel_scale = {}, {}
     for t in tools:
-        w = walls[t.name]
-        rs = [(k / a) / (kb / b) for k, a, kb, b in
-              zip(kept[t.name], w, kept[base], walls[base], strict=True)]  # fmt: skip
-        rel[t.name] = statistics.median(rs)
+        w, k = walls[t.name, n], kept[t.name, n]
+        rs = [(a / b) / (c / d) for a, b, c, d in
+              zip(k, w, kept[base, n], walls[base, n], strict=True)]  # fmt: skip
+        ss = [a / b for a, b in zip(at_scale(t.name), at_scale(base), strict=True)]
+        rel[t.name], rel_scale[t.name] = statistics.median(rs), statistics.median(ss)
         lines.append(
             f"| {t.name} | {statistics.median(w):.1f} ({min(w):.1f}–{max(w):.1f}) | "
-            f"{statistics.median(kept[t.name]):,.0f} | "
-            f"{statistics.median(kept[t.name]) / statistics.median(w):,.1f} | "
-            f"{n / statistics.median(w):,.1f} | {rel[t.name]:.2f} ({min(rs):.2f}–{max(rs):.2f}) |"
+            f"{statistics.median(k):,.0f} | {statistics.median(k) / statistics.median(w):,.1f} | "
+            f"{n / statistics.median(w):,.1f} | {rel[t.name]:.2f} ({min(rs):.2f}–{max(rs):.2f}) "
+            f"| {statistics.median(walls[t.name, small]):.1f} "
+            f"| {statistics.median(at_scale(t.name)):,.1f} "
+            f"| {rel_scale[t.name]:.2f} ({min(ss):.2f}–{max(ss):.2f}) |"
         )
-    return "\n".join(lines), rel
+    return "\n".join(lines), rel, rel_scale
 
 
 def funnel(stats: dict) -> str:
@@ -268,14 +294,17 @@ def funnel(stats: dict) -> str:
     return ", ".join(parts) if len(parts) > 1 else parts[0] + ", nothing rejected"
 
 
-def stage_rows(stages: dict[str, float], wall: float) -> list[tuple[str, float]]:
-    rest = ("the rest (wall minus the rows above): Beam, writing", wall - sum(stages.values()))
-    return sorted([*stages.items(), rest], key=lambda kv: -kv[1])
+def stage_rows(stages: dict[str, float], core_s: float) -> list[tuple[str, float]]:
+    """The stages' core-seconds, largest first, and what is left of `core_s` (wall × cores):
+    Beam, writing, and cores left idle while one thread works."""
+    rest = "the rest: Beam, writing, idle cores (wall × cores minus the rows above)"
+    return sorted([*stages.items(), (rest, core_s - sum(stages.values()))], key=lambda kv: -kv[1])
 
 
-def stage_table(rows: list[tuple[str, float]], wall: float) -> str:
-    lines = ["| stage (its own work, all N) | s | % of our median wall |", "|---|--:|--:|"]
-    lines += [f"| {name} | {s:.1f} | {100 * s / wall:.0f} |" for name, s in rows]
+def stage_table(rows: list[tuple[str, float]], core_s: float) -> str:
+    lines = ["| stage (its own work, all N, one core) | core-s | % of our core-s |"]
+    lines.append("|---|--:|--:|")
+    lines += [f"| {name} | {s:.1f} | {100 * s / core_s:.0f} |" for name, s in rows]
     return "\n".join(lines)
 
 
