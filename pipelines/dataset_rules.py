@@ -10,7 +10,7 @@ radix level at most 65,536).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -31,6 +31,7 @@ from filters.dataset import (
     vocab_boundary,
 )
 from filters.language import check_language, detect_language
+from pipelines.joins import LookupJoin
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -64,18 +65,18 @@ class RejectSharedTexts(beam.PTransform):
             | "Over the limit" >> beam.Filter(lambda kv: check_shared(kv[1], cfg) is not None)
         )
         keyed = candidates | "Key by text" >> beam.Map(lambda c: (text_key(c.alt_text), c))
-        return (
-            {"n": shared, "c": keyed}
-            | "Join counts" >> beam.CoGroupByKey()
-            | "Apply limit" >> beam.FlatMap(_apply_shared, cfg).with_outputs(REJECTED, main=KEPT)
+        # A boilerplate text may sit on millions of images: its candidates are streamed.
+        return keyed | "Join counts" >> LookupJoin(
+            {"n": shared}, _apply_shared, cfg, outputs=(REJECTED,), main=KEPT
         )
 
 
-def _apply_shared(item: tuple[str, dict[str, list[Any]]], cfg: CurationConfig) -> Iterator[Any]:
-    _, joined = item
-    counts = joined["n"]
+def _apply_shared(
+    _text: str, few: dict[str, list[int]], candidates: Iterable[Candidate], cfg: CurationConfig
+) -> Iterator[Any]:
+    counts = few["n"]
     rejection = check_shared(counts[0], cfg) if counts else None
-    for candidate in joined["c"]:
+    for candidate in candidates:
         yield candidate if rejection is None else _reject(candidate, rejection)
 
 
@@ -201,11 +202,9 @@ class RejectRareTokens(beam.PTransform):
         uses = candidates | "Token uses" >> beam.FlatMap(
             lambda c: [(t, c.uid) for t in sorted(set(text_ngrams(c.alt_text, cfg.vocab_ngrams)))]
         )
-        rare_by_uid = (
-            {"rare": rare, "uses": uses}
-            | "Join tokens" >> beam.CoGroupByKey()
-            | "Rare uses" >> beam.FlatMap(_rare_uses)
-        )
+        # A common token is in most alt-texts: its uses are streamed, and dropped unread
+        # past the first pass when the token is in the vocabulary.
+        rare_by_uid = uses | "Join tokens" >> LookupJoin({"rare": rare}, _rare_uses)
         keyed = candidates | "Key by uid" >> beam.Map(lambda c: (c.uid, c))
         checked = (
             {"rare": rare_by_uid, "c": keyed}
@@ -220,10 +219,11 @@ def _route(candidate: Candidate, bd: VocabBoundary) -> Iterator[Any]:
     yield candidate if bd.all_in else beam.pvalue.TaggedOutput(CHECK, candidate)
 
 
-def _rare_uses(item: tuple[str, dict[str, list[Any]]]) -> Iterator[tuple[str, str]]:
-    token, joined = item
-    if joined["rare"]:
-        for uid in joined["uses"]:
+def _rare_uses(
+    token: str, few: dict[str, list[bool]], uids: Iterable[str]
+) -> Iterator[tuple[str, str]]:
+    if few["rare"]:
+        for uid in uids:
             yield uid, token
 
 

@@ -9,6 +9,7 @@ Decisions are the pure functions of filters/; this module only composes them.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from filters.image import (
 from filters.nsfw import check_nsfw
 from pipelines import progress
 from pipelines.deadletter import BAD
+from pipelines.joins import LookupJoin
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -51,6 +53,7 @@ GOOD = "good"  # FetchImages' main output (Beam names with_exception_handling's 
 BLOBS = "blobs"  # (sha256, image bytes): apart from the metadata, joined once at the end
 MEASURE_BAD = "measure_bad"  # dead letters of measuring, which runs in the fetch threads
 TO_SCORE = "to_score"
+SCORE_CHUNK = 1000  # candidates per NSFW input; more is the rare hot image, scored again
 _IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
 
 
@@ -119,27 +122,26 @@ class RejectBusyImages(beam.PTransform):
             | "Texts per image" >> beam.CombinePerKey(sum)
             | "Over the limit" >> beam.Filter(lambda kv: kv[1] > limit)
         )
-        return (
-            {"n": busy, "c": keyed}
-            | "Join text counts" >> beam.CoGroupByKey()
-            | "Apply limit"
-            >> beam.FlatMap(_apply_busy, self.by).with_outputs(REJECTED, URLS, main=KEPT)
+        # A logo may sit on millions of pages: its candidates are streamed.
+        return keyed | "Join text counts" >> LookupJoin(
+            {"n": busy}, _apply_busy, self.by, outputs=(REJECTED, URLS), main=KEPT
         )
 
 
-def _apply_busy(item: tuple[str, dict[str, list[Any]]], by: str) -> Iterator[Any]:
-    key, joined = item
-    n = joined["n"]
-    candidates = joined["c"]
-    if not candidates:
+def _apply_busy(
+    key: str, few: dict[str, list[int]], candidates: Iterator[Candidate], by: str
+) -> Iterator[Any]:
+    first = next(candidates, None)
+    if first is None:
         return
+    n = few["n"]
     if n:
         rejection = Rejection(_IMAGE, reasons.IMAGE_TOO_MANY_TEXTS, f"{n[0]} alt-texts by {by}")
-        for c in candidates:
+        for c in itertools.chain([first], candidates):
             yield _reject(c, rejection)
         return
     yield beam.pvalue.TaggedOutput(URLS, key)
-    for c in candidates:
+    for c in itertools.chain([first], candidates):
         yield key, c
 
 
@@ -352,12 +354,13 @@ def _size_of(data: bytes) -> tuple[int, int]:
     return header.width, header.height
 
 
-def _attach(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+def _attach(_url: str, few: dict[str, list[Any]], candidates: Iterator[Candidate]) -> Iterator[Any]:
     """Join candidates to their URL's outcome: rejected, or (sha256, candidate) + image."""
-    _url, joined = item
-    outcomes, candidates = joined["o"], joined["c"]
-    if not candidates:
+    outcomes = few["o"]
+    first = next(candidates, None)
+    if first is None:
         return
+    candidates = itertools.chain([first], candidates)
     # No outcome: fetching or measuring this URL raised; the dead letter has the traceback.
     outcome = outcomes[0] if outcomes else Rejection(_IMAGE, reasons.INTERNAL_ERROR, "no outcome")
     if isinstance(outcome, Rejection):
@@ -421,10 +424,8 @@ class ImageStage(beam.PTransform):
         # 2. Fetch each URL once and measure it, in the fetch threads.
         fetched = busy_url[URLS] | "Fetch images" >> FetchImages(self.archives, cfg, True)
         outcomes = fetched[GOOD]
-        attached = (
-            {"o": outcomes, "c": busy_url[KEPT]}
-            | "Join outcomes" >> beam.CoGroupByKey()
-            | "Attach" >> beam.FlatMap(_attach).with_outputs(REJECTED, IMAGES, main=KEPT)
+        attached = busy_url[KEPT] | "Join outcomes" >> LookupJoin(
+            {"o": outcomes}, _attach, outputs=(REJECTED, IMAGES), main=KEPT
         )
         rejected.append(attached[REJECTED])
         by_sha = attached[KEPT]
@@ -456,11 +457,12 @@ class ImageStage(beam.PTransform):
         )
         verdicts = entries | "Image rules" >> _ImageRules(cfg, self.prior)
         # 4. The one join that moves image bytes: verdicts, candidates and bytes by hash.
-        final = (
-            {"v": verdicts, "c": by_sha, "b": fetched[BLOBS]}
-            | "Join verdicts" >> beam.CoGroupByKey()
-            | "Apply verdicts"
-            >> beam.FlatMap(_apply_verdict, cfg.nsfw).with_outputs(REJECTED, TO_SCORE, main=KEPT)
+        final = by_sha | "Join verdicts" >> LookupJoin(
+            {"v": verdicts, "b": fetched[BLOBS]},
+            _apply_verdict,
+            cfg.nsfw,
+            outputs=(REJECTED, TO_SCORE),
+            main=KEPT,
         )
         rejected.append(final[REJECTED])
         kept = [final[KEPT]]
@@ -568,23 +570,26 @@ def _drop_near(item) -> Iterator[Any]:
             yield sha, entry
 
 
-def _apply_verdict(item, nsfw: bool) -> Iterator[Any]:
+def _apply_verdict(
+    _sha: str, few: dict[str, list[Any]], candidates: Iterator[Candidate], nsfw: bool
+) -> Iterator[Any]:
     """Candidates of one hash + its verdict + its bytes -> rejected, kept, or TO_SCORE."""
-    _, joined = item
-    verdict = joined["v"][0] if joined["v"] else None
-    candidates = joined["c"]
+    verdict = few["v"][0] if few["v"] else None
     if verdict is None:
         verdict = Rejection(_IMAGE, reasons.FETCH_FAILED, "no verdict")
-    elif not isinstance(verdict, Rejection) and not joined["b"]:
+    elif not isinstance(verdict, Rejection) and not few["b"]:
         verdict = Rejection(_IMAGE, reasons.INTERNAL_ERROR, "image bytes missing")
     if isinstance(verdict, Rejection):
         for candidate in candidates:
             yield _reject(candidate, verdict)
-    elif nsfw and candidates:
-        yield beam.pvalue.TaggedOutput(TO_SCORE, ((verdict, candidates), joined["b"][0]))
+    elif nsfw:
+        # The candidates ride to the model in chunks: an image on millions of pages is
+        # scored once per chunk (the same score each time) rather than held whole.
+        while chunk := list(itertools.islice(candidates, SCORE_CHUNK)):
+            yield beam.pvalue.TaggedOutput(TO_SCORE, ((verdict, chunk), few["b"][0]))
     else:
         for candidate in candidates:
-            yield _with_image(candidate, verdict, joined["b"][0], None)
+            yield _with_image(candidate, verdict, few["b"][0], None)
 
 
 def _apply_nsfw(item, cfg: CurationConfig) -> Iterator[Any]:

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from curation import reasons
+from pipelines import images
 from pipelines.cli import main
 from tests.conftest import SHARED_DATA, WARC_DIR, require
 from tests.image_server import ImageServer, jpeg_bytes, serve
@@ -151,3 +152,24 @@ def test_retry_failed_reruns_only_transient_failures(tmp_path, server: ImageServ
     assert server.hits["/ok.jpg"] == hits_before["/ok.jpg"]
     earlier = {r["uid"]: r for r in kept1}
     assert all(earlier[r["uid"]]["image"] == r["image"] for r in kept2 if r["uid"] in earlier)
+
+
+def test_hot_image_goes_to_the_model_in_chunks(tmp_path, server: ImageServer, monkeypatch) -> None:
+    """An image on many pages reaches open_nsfw in chunks of candidates; every candidate is
+    kept once, with the same bytes and score (the in-process runner sees the patch)."""
+    monkeypatch.setattr(images, "SCORE_CHUNK", 2)
+    rows = [(f"/copy-{i}.jpg", f"white stripes on a blue wall, view number {i}") for i in range(5)]
+    for path, _ in rows:
+        server.images[path] = jpeg_bytes((400, 300), colour=90)
+    table = tmp_path / "urls.tsv"
+    table.write_text(
+        "url\tcaption\n" + "".join(f"{server.base}{path}\t{text}\n" for path, text in rows)
+    )
+    out = tmp_path / "out"
+    args = ["run", "--input", str(table), "--output", str(out), "--images-from", "http"]
+    assert main([*args, "--allow-private-network", "true"]) == 0
+    kept, rejected, _ = check_invariant(out)
+    assert rejected == []
+    assert sorted(r["alt_text"] for r in kept) == sorted(t for _, t in rows)
+    assert len({(r["sha256"], r["nsfw_score"], r["image"]) for r in kept}) == 1
+    assert kept[0]["nsfw_score"] is not None
