@@ -168,7 +168,9 @@ class Distributions:
             self.observe("height", h)
             self.observe("shorter_side", min(w, h))
             self.observe("aspect_ratio", max(w, h) / min(w, h))
-        if row.get("image") is not None:
+        if row.get("file_size") is not None:
+            self.observe("file_size", row["file_size"])
+        elif row.get("image") is not None:
             self.observe("file_size", len(row["image"]))
         self.observe("nsfw_score", row.get("nsfw_score"))
 
