@@ -328,13 +328,14 @@ too (the last two columns): the FnApiRunner partitions a stage's whole input amo
 workers, one bundle each per stage, so what a worker buffers or groups follows its bundle
 (CoGroupByKey, for one, hands each key's values to the DoFn as lists: a boilerplate text
 on 1% of the rows is a list of ~10,000 candidates at 10^6; the joins now stream instead,
-`pipelines/joins.py`). Traced per bundle (RSS before and after each bundle in the workers,
-through a `sitecustomize` hook, one run each): nearly every stage's growth scales with its
+`pipelines/joins.py`). Traced per bundle (RSS before and after each bundle in the workers:
+`python bench/trace_worker_memory.py --rows 100000`, then `--rows 1000000`, one run each):
+nearly every stage's growth scales with its
 bundle, e.g. reading and extracting +164 MB at 10^5 and +290 MB at 10^6, the text rules
 +166 and +502 MB, assigning shards +48 and +310 MB, and CPython keeps the peak. Capping
-Beam's combiner tables at 10,000 keys (they allow 100,000, or 1,000,000 for sum/min/max)
-changed nothing (599 -> 1,580 MB). What we hold ourselves is bounded: a shard holds at most
-`shard_size` rows, a join holds one key's few values.
+Beam's combiner tables at 10,000 keys (they allow 100,000, or 1,000,000 for sum/min/max;
+`--cap-precombine 10000`) changed nothing (599 -> 1,580 MB). What we hold ourselves is
+bounded: a shard holds at most `shard_size` rows, a join holds one key's few values.
 Flat memory per worker needs a runner with small bundles and a shuffle service (Dataflow);
 none runs here (Prism downloads its binary at run time; Flink and Spark need job-server
 jars from Maven), so it is not shown."""
