@@ -20,7 +20,6 @@ import datetime
 import gc
 import io
 import os
-import platform
 import re
 import statistics
 import time
@@ -28,13 +27,13 @@ import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+import common  # bench/common.py, beside this script
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
-from common import write_marked_section  # bench/common.py, beside this script
+from common import write_marked_section
 from fastwarc.warc import ArchiveIterator as FastWarcIterator
 from selectolax.lexbor import LexborHTMLParser
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
@@ -253,13 +252,8 @@ def table(variants: Sequence[Variant], times: Times, found: dict, sizes: dict) -
 
 
 def machine() -> str:
-    """CPU model, core count, Python and package versions."""
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
-    return f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; {versions}"
+    """This machine and the packages measured."""
+    return common.machine(PACKAGES)
 
 
 def write_section(section: str) -> None:

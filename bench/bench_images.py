@@ -18,23 +18,20 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import math
 import os
-import platform
-import re
 import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from common import write_marked_section  # bench/common.py, beside this script
+import common  # bench/common.py, beside this script
+from common import write_marked_section
 from images_corpus import real_images, source_photos
 from images_e2e import (
     Tool,
@@ -155,19 +152,13 @@ def code_measured() -> tuple[str, str]:
 
 
 def machine(i2d_exe: str) -> str:
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = m.group(1).strip() if m else cpu
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
+    """This machine, the packages measured, img2dataset's version and the load."""
     py = str(Path(i2d_exe).with_name("python"))
     code = "import importlib.metadata as m; print(m.version('img2dataset'))"
     i2d_v = subprocess.run([py, "-c", code], capture_output=True, text=True, timeout=60)
     return (
-        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()}; "
-        f"{versions}; img2dataset {i2d_v.stdout.strip() or '?'} (own venv); load average "
-        f"{os.getloadavg()[1]:.1f} over the last 5 min when written"
+        f"{common.machine(PACKAGES)}; img2dataset {i2d_v.stdout.strip() or '?'} (own venv); "
+        f"load average {os.getloadavg()[1]:.1f} over the last 5 min when written"
     )
 
 
@@ -189,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_images")
     ap.add_argument("--write", action="store_true", help="rewrite the section in BENCHMARKS.md")
     args = ap.parse_args(argv)
+    if not 0 < args.small < args.n:
+        ap.error("--small must be above 0 and below --n (the rate at scale is their difference)")
     started = time.perf_counter()
     roots = [DATA / "images", DATA / "evalsets"]
     named, skipped = real_images(roots)

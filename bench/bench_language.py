@@ -27,11 +27,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
+import common  # bench/common.py, beside this script
 import py3langid
-from common import write_marked_section  # bench/common.py, beside this script
+from common import write_marked_section
 
 from filters.language import detect_language
 
@@ -135,11 +135,8 @@ def group_table(head: str, groups: dict[str, Keep], samples: Sequence[Sample], g
 
 
 def machine() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    cpu = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?")
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in PACKAGES)
-    return f"{cpu}, {os.cpu_count()} cores; Python {sys.version.split()[0]}; {versions}"
+    """This machine and the packages measured."""
+    return common.machine(PACKAGES)
 
 
 def write_section(section: str) -> None:

@@ -23,8 +23,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
-import re
 import shutil
 import signal
 import statistics as st
@@ -34,11 +32,11 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_marked_section  # bench/common.py, beside this script
+import common  # bench/common.py, beside this script
+from common import write_marked_section
 from gen_candidates import write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -227,14 +225,8 @@ def code_hash() -> str:
 
 
 def machine() -> str:
-    """CPU model, cores, memory, Python and package versions."""
-    m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("apache-beam", "pyarrow"))
-    return (
-        f"{m.group(1).strip() if m else 'unknown CPU'}, {os.cpu_count()} cores, "
-        f"{os.sysconf('SC_PHYS_PAGES') * PAGE / 2**30:.0f} GiB RAM (shared); "
-        f"Python {platform.python_version()}; {versions}"
-    )
+    """This machine and the packages measured."""
+    return common.machine(("apache-beam", "pyarrow"))
 
 
 def write_section(section: str) -> None:

@@ -1,7 +1,13 @@
-"""What every benchmark script shares: rewriting its own marked section of BENCHMARKS.md."""
+"""What every benchmark script shares: the machine line, and rewriting its own marked
+section of BENCHMARKS.md."""
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
@@ -17,3 +23,19 @@ def write_marked_section(start: str, end: str, section: str, path: Path = BENCHM
     else:
         text = text.rstrip("\n") + f"\n\n{block}\n"
     path.write_text(text)
+
+
+def machine(packages: Iterable[str] = ()) -> str:
+    """CPU model, cores, memory, Python and the versions of `packages`: what a figure
+    depends on."""
+    cpu = "unknown CPU"
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1).strip() if found else cpu
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    line = f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM (shared); "
+    line += f"Python {platform.python_version()}"
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in packages)
+    return f"{line}; {versions}" if versions else line

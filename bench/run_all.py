@@ -13,13 +13,14 @@ machine line at the top. The img2dataset comparison needs img2dataset in its own
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,26 +33,9 @@ FULL = [
 QUICK = [
     ["bench/bench_extract.py", "--repeats", "5"],
     ["bench/bench_language.py", "--repeats", "5"],
-    ["bench/bench_text_stage.py", "--sizes", "10000,100000", "--repeats", "3", "--mp-rows", "0"],
-    ["bench/bench_images.py", "--n", "500", "--rounds", "3", "--repeats", "5"],
+    ["bench/bench_text_stage.py", "--sizes", "10000,100000", "--repeats", "3", "--mp-sizes", ""],
+    ["bench/bench_images.py", "--n", "500", "--small", "125", "--rounds", "3", "--repeats", "5"],
 ]
-
-
-def machine() -> str:
-    """CPU model, cores, memory and Python: the facts every figure depends on."""
-    cpu = "unknown CPU"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = re.search(r"model name\s*:\s*(.+)", text).group(1).strip()
-    except (OSError, AttributeError):
-        pass
-    mem = ""
-    try:
-        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        mem = f", {kb / 2**20:.0f} GiB"
-    except (OSError, AttributeError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}; Python {platform.python_version()}"
 
 
 def main() -> int:
@@ -73,7 +57,7 @@ def main() -> int:
             failed.append(cmd[0])
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text()
-    line = f"Machine of the last full run: {machine()}."
+    line = f"Machine of the last full run: {common.machine()}."
     text = re.sub(r"^Machine of the last full run: .*$", line, text, flags=re.M)
     if line not in text:
         text = text.replace("\n\n", f"\n\n{line}\n\n", 1)
