@@ -49,6 +49,21 @@ def _hits(ranks: Tensor, ks: Sequence[int]) -> dict[int, int]:
     return {k: int((ranks < k).sum()) for k in ks}
 
 
+def _hits_in_chunks(
+    queries: Tensor, gallery: Tensor, target: Tensor, ks: Sequence[int], chunk_size: int
+) -> dict[int, int]:
+    """For each k, how many queries rank their target gallery row in the top k; scored
+    `chunk_size` queries at a time, so the score matrix never holds all queries at once."""
+    hits = dict.fromkeys(ks, 0)
+    for start in range(0, queries.shape[0], chunk_size):
+        scores = queries[start : start + chunk_size] @ gallery.T  # [chunk, gallery]
+        mine = target[start : start + chunk_size]
+        ranks = _rank_of(scores, scores.gather(1, mine[:, None])[:, 0], mine)
+        for k, hit in _hits(ranks, ks).items():
+            hits[k] += hit
+    return hits
+
+
 def _check_ks(ks: Sequence[int]) -> None:
     if not ks or any(k < 1 for k in ks):
         raise ValueError(f"ks must be positive integers, got {list(ks)}")
@@ -82,13 +97,7 @@ def retrieval_recall(
     owner = text_to_image.to(device=texts.device, dtype=torch.long)
     text_index = torch.arange(m, device=texts.device)
 
-    t2i = dict.fromkeys(ks, 0)
-    for start in range(0, m, chunk_size):
-        scores = texts[start : start + chunk_size] @ images.T  # [c, N]
-        target = owner[start : start + chunk_size]
-        ranks = _rank_of(scores, scores.gather(1, target[:, None])[:, 0], target)
-        for k, hit in _hits(ranks, ks).items():
-            t2i[k] += hit
+    t2i = _hits_in_chunks(texts, images, owner, ks, chunk_size)
 
     i2t, queries = dict.fromkeys(ks, 0), 0
     for start in range(0, n, chunk_size):
@@ -155,13 +164,7 @@ def zero_shot_accuracy(
         raise ValueError(f"labels must lie in [0, {c})")
     images, classes = image_emb.float(), class_emb.float()
     labels = labels.to(device=images.device, dtype=torch.long)
-    correct = dict.fromkeys(ks, 0)
-    for start in range(0, n, chunk_size):
-        scores = images[start : start + chunk_size] @ classes.T  # [b, C]
-        target = labels[start : start + chunk_size]
-        ranks = _rank_of(scores, scores.gather(1, target[:, None])[:, 0], target)
-        for k, hit in _hits(ranks, ks).items():
-            correct[k] += hit
+    correct = _hits_in_chunks(images, classes, labels, ks, chunk_size)
     return {f"top{k}": correct[k] / n for k in ks}
 
 
