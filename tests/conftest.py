@@ -1,10 +1,23 @@
-"""Shared fixtures: paths to the third-party data beside the checkout, and the bundled sample."""
+"""Shared fixtures and helpers: paths to the third-party data beside the checkout, the
+bundled sample, and a misbehaving image server on 127.0.0.1 for the fetcher tests (every
+route bounded: the slowest sleeps 2 s, the largest streams 3 MB; it stops with its test)."""
 
 from __future__ import annotations
 
+import gzip
+import io
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -35,3 +48,169 @@ def archive_files() -> list[Path]:
     if not WARC_DIR.exists():
         return []
     return sorted(p for p in WARC_DIR.iterdir() if p.suffix != ".md")
+
+
+# --- The image server.
+
+
+def jpeg_bytes(size: tuple[int, int] = (320, 240), colour: int = 90) -> bytes:
+    """A small real JPEG with some structure."""
+    im = Image.new("RGB", size, (colour, 120, 200))
+    for x in range(0, size[0], 16):
+        for y in range(size[1]):
+            im.putpixel((x, y), (255, 255, 255))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+class ImageServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.hits: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.image = jpeg_bytes()
+        self.robots = b"User-agent: *\nDisallow: /private/\n"
+        self.images: dict[str, bytes] = {}  # extra path -> bytes routes
+
+    def handle_error(self, request, client_address) -> None:
+        # The fetcher hangs up on purpose (timeouts, size caps): not an error here.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def hit(self, path: str) -> int:
+        with self.lock:
+            self.hits[path] += 1
+            return self.hits[path]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ImageServer
+
+    def log_message(self, *args: object) -> None:  # keep test output clean
+        pass
+
+    def _send(self, status: int, body: bytes = b"", ctype: str = "image/jpeg", **headers):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k.replace("_", "-"), v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        n = self.server.hit(path)
+        img = self.server.image
+        if path == "/robots.txt":
+            self._send(200, self.server.robots, "text/plain")
+        elif path in self.server.images:
+            self._send(200, self.server.images[path])
+        elif path in ("/ok.jpg", "/private/x.jpg", "/other.jpg"):
+            self._send(200, img)
+        elif path == "/octet.jpg":
+            self._send(200, img, "application/octet-stream")
+        elif path == "/404.jpg":
+            self._send(404, b"not here", "text/html")
+        elif path == "/flaky.jpg":
+            self._send(500, b"oops", "text/html") if n == 1 else self._send(200, img)
+        elif path == "/503-then-ok.jpg":
+            self._send(503, b"busy", "text/html") if n == 1 else self._send(200, img)
+        elif path == "/always500.jpg":
+            self._send(503, b"down", "text/html")
+        elif path == "/429.jpg":
+            if n == 1:
+                self._send(429, b"slow down", "text/html", Retry_After="1")
+            else:
+                self._send(200, img)
+        elif path == "/slow.jpg":
+            time.sleep(2.0)
+            self._send(200, img)
+        elif path == "/big.jpg":
+            self._send(200, img + b"\0" * 3_000_000)
+        elif path == "/big-stream.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()  # no Content-Length: the cap must act while streaming
+            for _ in range(30):
+                self.wfile.write(b"\0" * 100_000)
+        elif path == "/gzip-bomb.jpg":
+            self._send(200, gzip.compress(b"\0" * 20_000_000), Content_Encoding="gzip")
+        elif path == "/page.html":
+            self._send(200, b"<html>a page</html>", "text/html; charset=utf-8")
+        elif path == "/noai.jpg":
+            self._send(200, img, X_Robots_Tag="noindex, noai")
+        elif path == "/loop.jpg":
+            self._send(302, b"", "text/html", Location="/loop.jpg")
+        elif path == "/redirect.jpg":
+            self._send(301, b"", "text/html", Location="/ok.jpg")
+        elif path == "/to-metadata.jpg":
+            self._send(302, b"", "text/html", Location="http://169.254.169.254/latest/meta-data")
+        elif path == "/to-ftp.jpg":
+            self._send(302, b"", "text/html", Location="ftp://127.0.0.1/x.jpg")
+        elif path == "/reset-mid-body.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(img[:1000])
+            self.wfile.flush()
+            # SO_LINGER 0: close with a TCP reset, as a crashing server does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+        elif path == "/short-body.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(img) + 5000))  # a lie
+            self.end_headers()
+            self.wfile.write(img)
+            self.close_connection = True
+        elif path == "/slow-drip.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            for byte in img[:50]:  # bounded: at most 50 drops, 10 s
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+        elif path == "/endless.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.end_headers()
+            for _ in range(800):  # bounded: 50 MB at most, the client stops long before
+                self.wfile.write(b"\xff" * 65536)
+        elif path.startswith("/chain/"):
+            hops = int(path.split("/")[2].split(".")[0])
+            if hops == 0:
+                self._send(200, img)
+            else:
+                self._send(302, b"", "text/html", Location=f"/chain/{hops - 1}.jpg")
+        elif path == "/flap.jpg":
+            self._send(500, b"", "text/html") if n % 3 else self._send(200, img)
+        elif path == "/fake.jpg":
+            self._send(200, b"<html>an error page</html>")  # says image/jpeg, is HTML
+        else:
+            self._send(404, b"", "text/html")
+
+
+@contextmanager
+def serve(server: ImageServer | None = None) -> Iterator[ImageServer]:
+    """Run an ImageServer in a thread for the duration of the block."""
+    server = server or ImageServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

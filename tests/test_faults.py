@@ -14,7 +14,7 @@ from curation.config import CurationConfig
 from curation.fetch import Fetcher
 from pipelines.cli import main
 from pipelines.images import fetch_settings
-from tests.image_server import ImageServer, serve
+from tests.conftest import ImageServer, serve
 from tests.test_cli import check_invariant
 
 CFG = dataclasses.replace(

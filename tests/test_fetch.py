@@ -10,7 +10,7 @@ from curation import reasons
 from curation.config import CurationConfig
 from curation.fetch import Fetcher, address_refused
 from pipelines.images import _sniffed, fetch_settings
-from tests.image_server import ImageServer, serve
+from tests.conftest import ImageServer, serve
 
 CFG = dataclasses.replace(
     CurationConfig(),

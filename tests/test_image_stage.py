@@ -11,8 +11,7 @@ from PIL import Image
 from curation import reasons
 from pipelines import images
 from pipelines.cli import main
-from tests.conftest import SHARED_DATA, WARC_DIR, require
-from tests.image_server import ImageServer, jpeg_bytes, serve
+from tests.conftest import SHARED_DATA, WARC_DIR, ImageServer, jpeg_bytes, require, serve
 from tests.test_cli import check_invariant
 
 FETCH_OR_IMAGE = ("fetch", "image")
