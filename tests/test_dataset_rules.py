@@ -26,7 +26,7 @@ from filters.dataset import (
     token_key,
     vocab_boundary,
 )
-from filters.language import check_language, detect_language
+from filters.language import check_language, detect_language, detect_languages
 from filters.text import check_text
 from pipelines.dataset_rules import (
     KEPT,
@@ -218,6 +218,22 @@ def test_detect_language(detector: str, text: str, hint: str | None, lang: str) 
     assert detect_language(text, hint, detector) == lang
 
 
+@pytest.mark.parametrize("detector", ["langdetect", "cld2"])
+def test_detect_languages_in_a_batch_as_one_by_one(detector: str) -> None:
+    """A batch (repeats, hints, a text with no features) answers as single calls do."""
+    items = [
+        ("Ein alter Leuchtturm an der stürmischen Nordseeküste", "de"),
+        ("a red fox sitting in the snow at dawn", None),
+        ("12345 ---", None),
+        ("富士山と桜の花が咲く春の風景", "ja-JP"),
+        ("a red fox sitting in the snow at dawn", "fr"),
+        ("Ein alter Leuchtturm an der stürmischen Nordseeküste", "de"),
+    ]
+    batch = detect_languages(items, detector)
+    assert batch == [detect_language(text, hint, detector) for text, hint in items]
+    assert batch[:4] == ["de", "en", None, "ja"]
+
+
 def _stock_probabilities(factory, text: str, prior: dict[str, float] | None) -> list | None:
     detector = factory.create()
     if prior:
@@ -229,35 +245,30 @@ def _stock_probabilities(factory, text: str, prior: dict[str, float] | None) -> 
         return None
 
 
-def test_array_langdetect_equals_langdetect_bit_for_bit() -> None:
-    """Our numpy inner loop gives langdetect's own probabilities, exactly, with and without
-    a page-language prior, on real alt-texts in many scripts (LAION and the language bench)."""
+def test_batched_langdetect_equals_langdetect_bit_for_bit() -> None:
+    """Our batched numpy langdetect gives langdetect's own probabilities, exactly, with and
+    without a prior, on real alt-texts in many scripts (LAION and the language bench), for
+    texts detected together and one at a time."""
     from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
 
-    from filters.language import _ArrayDetector, _langdetect_factory
+    from filters.language import _langdetect_model, langdetect_probabilities
 
     stock = DetectorFactory()
     stock.load_profile(PROFILES_DIRECTORY)
     stock.set_seed(0)
-    ours, languages = _langdetect_factory()
+    languages = _langdetect_model().languages
     rows = (ROOT / "bench" / "language_samples.tsv").read_text().splitlines()[1:]
     texts = [r.split("\t")[2] for r in rows][::3]
     if LAION_PARQUET.exists():
         texts += pq.read_table(LAION_PARQUET).column("TEXT").to_pylist()[:150]
     texts += ["", "12345 ---", "a", "Credibility WG.004"]  # no features, one feature
     prior = {x: 0.5 / len(languages) for x in languages} | {"ja": 0.5 + 0.5 / len(languages)}
-    assert len(texts) > 250
-    for i, text in enumerate(t for t in texts if t is not None):
-        p = prior if i % 2 else None
-        detector = _ArrayDetector(ours)
-        if p:
-            detector.set_prior_map(p)
-        detector.append(text)
-        try:
-            got = [(x.lang, x.prob) for x in detector.get_probabilities()]
-        except LangDetectException:
-            got = None
-        assert got == _stock_probabilities(stock, text, p), text
+    items = [(t, prior if i % 2 else None) for i, t in enumerate(x for x in texts if x is not None)]
+    assert len(items) > 250
+    want = [_stock_probabilities(stock, text, p) for text, p in items]
+    assert langdetect_probabilities(items) == want
+    for item, expected in zip(items[:: len(items) // 15], want[:: len(items) // 15], strict=True):
+        assert langdetect_probabilities([item]) == [expected], item[0]
 
 
 def test_langdetect_is_deterministic() -> None:

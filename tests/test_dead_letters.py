@@ -8,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 
 from curation import reasons
-from pipelines import images, transforms
+from pipelines import dataset_rules, images, transforms
 from pipelines.cli import main
 from tests.conftest import SAMPLE_WARC
 from tests.test_cli import check_invariant
@@ -34,7 +34,24 @@ def test_exceptions_become_dead_letters(tmp_path, monkeypatch) -> None:
             raise OSError("boom while reading a file")
         return real_read(stream, path, cfg, funnel)
 
+    unlucky = "fish & chips served with mushy peas and lemon"
+    real_batch, real_one = dataset_rules.detect_languages, dataset_rules.detect_language
+
+    def flaky_batch(items, detector):
+        if any(text == unlucky for text, _ in items):
+            raise RuntimeError("boom in a batch")
+        return real_batch(items, detector)
+
+    def flaky_one(text, hint, detector):
+        if text == unlucky:
+            raise RuntimeError("boom in language ID")
+        return real_one(text, hint, detector)
+
     # The in-process runner runs the DoFns in this process, so the patches apply.
+    # Language ID detects a batch at a time; when a batch raises, it retries each text
+    # alone, so only the text that raises is a dead letter.
+    monkeypatch.setattr(dataset_rules, "detect_languages", flaky_batch)
+    monkeypatch.setattr(dataset_rules, "detect_language", flaky_one)
     monkeypatch.setattr(transforms, "check_candidate", flaky_check)
     monkeypatch.setattr(images, "measure", flaky_measure)
     monkeypatch.setattr(transforms, "candidates_from_archive", flaky_read)
@@ -49,17 +66,20 @@ def test_exceptions_become_dead_letters(tmp_path, monkeypatch) -> None:
     assert set(internal) == {
         "a red fox sitting in the snow at dawn",
         "a barn owl perched on a fence post at dusk",
+        unlucky,
     }
+    assert internal[unlucky]["stage"] == "language"
     assert internal["a red fox sitting in the snow at dawn"]["stage"] == "text"
     assert "boom in a text rule" in internal["a red fox sitting in the snow at dawn"]["detail"]
     dead = pq.read_table(out / "dead_letter").to_pylist()
     by_stage = {r["stage"]: r for r in dead}
-    assert set(by_stage) == {"text", "measure", "extract"}
+    assert set(by_stage) == {"text", "measure", "extract", "language"}
+    assert "flaky_one" in by_stage["language"]["traceback"]
     assert "RuntimeError" in by_stage["text"]["error"]
     assert "flaky_check" in by_stage["text"]["traceback"]
     assert "broken.warc.gz" in by_stage["extract"]["element"]
-    assert stats["dead_letter"] == {"extract": 1, "measure": 1, "text": 1}
+    assert stats["dead_letter"] == {"extract": 1, "language": 1, "measure": 1, "text": 1}
     assert stats["read"][reasons.FILE_FAILED] == 1
     report = (out / "report.html").read_text()
     assert "dead letters" in report
-    assert json.loads((out / "dead_letter" / "_manifest.json").read_text())["total"] == 3
+    assert json.loads((out / "dead_letter" / "_manifest.json").read_text())["total"] == 4
