@@ -95,7 +95,8 @@ def timed_run(argv: list[str], env: dict[str, str], timeout: float, log: Path) -
 def stage_times(urls: list[str], texts: list[str], sample: int, work: Path) -> dict[str, float]:
     """Seconds of each stage's own work over all N, one after the other in this process."""
     from curation.fetch import Fetcher
-    from filters.language import detect_language
+    from filters.language import detect_language, detect_languages
+    from pipelines.dataset_rules import LANGUAGE_BATCH
     from pipelines.images import fetch_settings, measure
 
     cfg = CurationConfig(allow_private_network=True)
@@ -116,8 +117,8 @@ def stage_times(urls: list[str], texts: list[str], sample: int, work: Path) -> d
     out["NSFW: thumbnail decode + open_nsfw"] = (time.perf_counter() - t0) * len(urls) / len(some)
     detect_language("warm up", None, cfg.language_detector)
     t0 = time.perf_counter()
-    for text in texts:
-        detect_language(text, None, cfg.language_detector)
+    for i in range(0, len(texts), LANGUAGE_BATCH):  # in batches, as DetectLanguageFn does
+        detect_languages([(t, None) for t in texts[i : i + LANGUAGE_BATCH]], cfg.language_detector)
     out[f"language ID ({cfg.language_detector})"] = time.perf_counter() - t0
     starts = []
     for _ in range(3):

@@ -124,7 +124,7 @@ def test_model_and_tokenizer() -> None:
     )
     assert img.shape == txt.shape == (2, cfg.embed_dim)
     assert torch.allclose(img.norm(dim=-1), torch.ones(2), atol=1e-5)
-    assert float(temp) == pytest.approx(1.0)
+    assert float(temp.detach()) == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")
