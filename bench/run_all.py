@@ -28,12 +28,14 @@ FULL = [
     ["bench/bench_extract.py", "--repeats", "7"],
     ["bench/bench_language.py", "--repeats", "7"],
     ["bench/bench_text_stage.py", "--repeats", "3", "--repeats-large", "1"],
+    ["bench/bench_runner_memory.py", "--repeats", "2"],
     ["bench/bench_images.py", "--n", "2000", "--rounds", "3", "--repeats", "9"],
 ]
 QUICK = [
     ["bench/bench_extract.py", "--repeats", "5"],
     ["bench/bench_language.py", "--repeats", "5"],
     ["bench/bench_text_stage.py", "--sizes", "10000,100000", "--repeats", "3", "--mp-sizes", ""],
+    ["bench/bench_runner_memory.py", "--sizes", "10000,100000", "--repeats", "1"],
     ["bench/bench_images.py", "--n", "500", "--small", "125", "--rounds", "3", "--repeats", "5"],
 ]
 
