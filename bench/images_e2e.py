@@ -109,7 +109,7 @@ def stage_times(urls: list[str], texts: list[str], sample: int, work: Path) -> d
     t0 = time.perf_counter()
     for r in results:
         measure(r.url, r, cfg)
-    out["measure: header, size, thumbnail, pHash, sha256"] = time.perf_counter() - t0
+    out["measure: header, size, decode for the hash, pHash, sha256"] = time.perf_counter() - t0
     scorer, some = OpenNsfwScorer(threads=1), [r.data for r in results[:sample]]
     t0 = time.perf_counter()
     for i in range(0, len(some), 16):  # RunInference decodes again, then scores

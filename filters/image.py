@@ -24,8 +24,15 @@ from curation.config import CurationConfig
 from curation.record import Rejection
 
 _STAGE = reasons.STAGE_IMAGE
-# The smallest side the hash and the NSFW model need (open_nsfw resizes to 256 x 256).
+# The smallest side the NSFW model needs (open_nsfw resizes to 256 x 256).
 THUMBNAIL_SIDE = 256
+# The smallest side decoded for the pHash, which reads a 32 x 32 greyscale image; JPEG draft
+# mode then decodes 1/4 of the pixels of a 256-511 px photo and 1/16 to 1/64 of larger
+# ones. Measured (bench/bench_phash.py): copies (resized, re-encoded, greyscale, cropped) and
+# unrelated photos at the same distances as from a decode >= 256 px, where 64 lets 1/4-size
+# copies drift to 4 bits, the near-duplicate threshold; ~0.5x the time on the image
+# benchmark's JPEGs (shorter side 230-720 px).
+HASH_SIDE = 128
 _ORIENTATION_TAG = 0x0112
 # Pillow's errors on hostile files are of many kinds; all mean "cannot decode".
 DECODE_ERRORS = (
@@ -146,6 +153,13 @@ def decode(data: bytes, min_side: int | None = THUMBNAIL_SIDE) -> Image.Image | 
 def phash(im: Image.Image) -> str:
     """The 64-bit perceptual hash (imagehash's pHash) as 16 hex digits."""
     return str(imagehash.phash(im, hash_size=8))
+
+
+def image_phash(data: bytes) -> str | Rejection:
+    """The pHash of encoded image bytes, decoded only as large as the hash needs (the one
+    way candidates and evaluation images are hashed, so that their distances compare)."""
+    im = decode(data, min_side=HASH_SIDE)
+    return im if isinstance(im, Rejection) else phash(im)
 
 
 def sha256(data: bytes) -> str:

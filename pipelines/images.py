@@ -33,7 +33,7 @@ from filters.dedup import EvalIndex, bands, smaller_neighbours
 from filters.image import (
     check_size,
     decode,
-    phash,
+    image_phash,
     read_header,
     resized_jpeg,
     sha256,
@@ -325,9 +325,9 @@ def measure(
     rejection = check_size(header, cfg)
     if rejection is not None:
         return rejection
-    thumb = decode(data)
-    if isinstance(thumb, Rejection):
-        return thumb
+    hashed = image_phash(data)
+    if isinstance(hashed, Rejection):
+        return hashed
     width, height, stored = header.width, header.height, data
     if cfg.resize_mode != "none":
         full = decode(data, min_side=None)
@@ -338,7 +338,7 @@ def measure(
     info = ImageInfo(
         url=url,
         sha256=sha256(data),
-        phash=phash(thumb),
+        phash=hashed,
         width=width,
         height=height,
         original_width=header.width,
@@ -395,10 +395,10 @@ class FindNearDuplicates(beam.PTransform):
 
 def _eval_entry(path: str) -> list[tuple[str, str]]:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        im = decode(fh.read())
-    if isinstance(im, Rejection):
+        hashed = image_phash(fh.read())
+    if isinstance(hashed, Rejection):
         return []  # an unreadable eval file cannot match anything; counted nowhere
-    return [(path.rsplit("/", 1)[-1], phash(im))]
+    return [(path.rsplit("/", 1)[-1], hashed)]
 
 
 class ImageStage(beam.PTransform):
