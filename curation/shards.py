@@ -52,8 +52,9 @@ def with_aliases(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parquet_bytes(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
-    """Rows as one Parquet file; the same rows in the same order give the same bytes.
+def write_parquet(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, sink: Any) -> None:
+    """Rows as one Parquet file, written to `sink` (a binary file object or an Arrow output
+    stream); the same rows in the same order give the same bytes.
 
     Text and number columns: zstd, dictionary, statistics. Binary columns (encoded images,
     thumbnails): none of the three. JPEG and PNG bytes do not compress, no two are equal,
@@ -65,16 +66,20 @@ def parquet_bytes(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes
         f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
     }
     rest = [f.name for f in schema if f.name not in blobs]
-    # Arrow's own growing buffer, not io.BytesIO: ~3x faster for shards of images (no
-    # Python-level write per page; one copy out at the end).
-    buf = pa.BufferOutputStream()
     pq.write_table(
         table,
-        buf,
+        sink,
         compression={f.name: "none" if f.name in blobs else "zstd" for f in schema},
         use_dictionary=rest,
         write_statistics=rest,
     )
+
+
+def parquet_bytes(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
+    """Rows as the bytes of one Parquet file (see write_parquet)."""
+    # Arrow's own growing buffer, not io.BytesIO: ~2x faster for shards of images.
+    buf = pa.BufferOutputStream()
+    write_parquet(rows, schema, buf)
     return buf.getvalue().to_pybytes()
 
 
@@ -194,12 +199,24 @@ def webdataset_bytes(rows: Iterable[Mapping[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def write_shard(fmt: str, rows: Sequence[Mapping[str, Any]], schema: pa.Schema, sink: Any) -> None:
+    """One shard in one format, written to `sink`. Parquet streams into it page by page, so
+    a shard's images are not copied twice more in memory (131 MB shard: 0.7 -> 0.35 s with
+    the write and its sha256, measured here); the other formats are encoded whole."""
+    if fmt != "parquet":
+        sink.write(encode_shard(fmt, rows, schema))
+        return
+    if schema.equals(CANDIDATE_SCHEMA):  # kept records: add img2dataset's columns
+        rows, schema = [with_aliases(r) for r in rows], SHARD_SCHEMA
+    write_parquet(rows, schema, sink)
+
+
 def encode_shard(fmt: str, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> bytes:
     """One shard's bytes in one format."""
     if fmt == "parquet":
-        if schema.equals(CANDIDATE_SCHEMA):  # kept records: add img2dataset's columns
-            return parquet_bytes([with_aliases(r) for r in rows], SHARD_SCHEMA)
-        return parquet_bytes(rows, schema)
+        buf = pa.BufferOutputStream()
+        write_shard(fmt, rows, schema, buf)
+        return buf.getvalue().to_pybytes()
     if fmt == "tfrecord":
         return tfrecord_bytes(rows)
     if fmt == "webdataset":

@@ -8,10 +8,11 @@ looks complete.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -19,7 +20,7 @@ import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from curation.shards import SUFFIX, encode_shard
+from curation.shards import SUFFIX, write_shard
 
 TMP_PREFIX = ".tmp-"
 
@@ -52,17 +53,43 @@ def join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
-def write_atomic(path: str, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file and a rename."""
+class _Digest(io.RawIOBase):
+    """A write-only file that passes bytes on, counting them and their sha256."""
+
+    def __init__(self, fh: Any) -> None:
+        super().__init__()
+        self.fh, self.size, self.sha256 = fh, 0, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.fh.write(data)
+        n = memoryview(data).nbytes
+        self.size += n
+        return n
+
+
+def write_atomic_with(path: str, write: Callable[[Any], None]) -> tuple[int, str]:
+    """Have `write` write a file to `path` through a temporary file and a rename; returns
+    the file's size and sha256."""
     folder, name = FileSystems.split(path)
     tmp = FileSystems.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
     if not FileSystems.exists(folder):
         FileSystems.mkdirs(folder)
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        fh.write(data)
+        sink = _Digest(fh)
+        write(sink)
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
+    return sink.size, sink.sha256.hexdigest()
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write bytes to `path` through a temporary file and a rename."""
+    write_atomic_with(path, lambda fh: fh.write(data))
 
 
 def write_json(doc: Any, path: str) -> None:
@@ -93,16 +120,18 @@ class WriteShardFn(beam.DoFn):
         # Sorting by uid makes the bytes independent of arrival order.
         ordered = sorted(rows, key=lambda r: r["uid"])
         for fmt, directory in sorted(self.directories.items()):
-            data = encode_shard(fmt, ordered, self.schema)
-            name = shard_name(index, SUFFIX[fmt])
-            write_atomic(join(directory, name), data)
-            yield {
-                "shard": name,
-                "format": fmt,
-                "count": len(ordered),
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            }
+            yield write_shard_file(directory, index, fmt, ordered, self.schema)
+
+
+def write_shard_file(
+    directory: str, index: int, fmt: str, rows: list[dict[str, Any]], schema: pa.Schema
+) -> dict[str, Any]:
+    """Shard `index` of `rows` in one format, written atomically; its manifest entry."""
+    name = shard_name(index, SUFFIX[fmt])
+    size, digest = write_atomic_with(
+        join(directory, name), lambda fh: write_shard(fmt, rows, schema, fh)
+    )
+    return {"shard": name, "format": fmt, "count": len(rows), "bytes": size, "sha256": digest}
 
 
 def manifest_json(entries: list[dict[str, Any]]) -> bytes:

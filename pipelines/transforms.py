@@ -6,7 +6,6 @@ counts leave as (stage, name, n) tallies and are combined into stats.json.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -21,7 +20,6 @@ from curation import reasons
 from curation.config import CurationConfig
 from curation.extract import candidates_from_archive, candidates_from_table, is_table_path
 from curation.record import Candidate, Rejected, Rejection
-from curation.shards import SUFFIX, encode_shard
 from curation.stats import Funnel
 from filters.text import check_candidate
 from pipelines import progress
@@ -30,8 +28,8 @@ from pipelines.io import (
     join,
     manifest_json,
     remove_stale_temporaries,
-    shard_name,
     write_atomic,
+    write_shard_file,
 )
 
 KEPT = "kept"
@@ -273,18 +271,7 @@ def _finish_shards(
         mine = [e for e in entries if e["format"] == fmt]
         if not mine:
             # An empty result still gets one (empty) shard, so readers find a file.
-            data = encode_shard(fmt, [], schema)
-            name = shard_name(0, SUFFIX[fmt])
-            write_atomic(join(directory, name), data)
-            mine = [
-                {
-                    "shard": name,
-                    "format": fmt,
-                    "count": 0,
-                    "bytes": len(data),
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                }
-            ]
+            mine = [write_shard_file(directory, 0, fmt, [], schema)]
         write_atomic(join(directory, "_manifest.json"), manifest_json(mine))
         remove_stale_temporaries(directory)
         total = sum(e["count"] for e in mine)
