@@ -33,7 +33,6 @@ from urllib.parse import urljoin
 
 import common  # bench/common.py, beside this script
 from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
-from common import write_marked_section
 from fastwarc.warc import ArchiveIterator as FastWarcIterator
 from selectolax.lexbor import LexborHTMLParser
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
@@ -47,7 +46,6 @@ from curation.record import SOURCE_ARC
 from curation.stats import Funnel
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START, END = "<!-- bench_extract:start -->", "<!-- bench_extract:end -->"
 PACKAGES = ("fastwarc", "warcio", "selectolax", "beautifulsoup4", "lxml")
 # What the readers raise on damaged input (warcio_example-trunc.warc, for one): the pass
@@ -256,21 +254,6 @@ def machine() -> str:
     return common.machine(PACKAGES)
 
 
-def write_section(section: str) -> None:
-    """Replace the marked section of BENCHMARKS.md (created with a header if absent)."""
-    block = f"{START}\n{section}\n{END}"
-    if not BENCHMARKS_MD.exists():
-        BENCHMARKS_MD.write_text(
-            "# Benchmarks\n\nMeasurements behind the library choices in this repo (FastWARC for "
-            "reading, selectolax/lexbor for HTML). Every figure is a median over repeated "
-            "runs, shown as a ratio to a baseline run timed in the same invocation; each "
-            "section names the command that reproduces it.\n\n"
-            f"Machine: {machine()}.\n\n{block}\n"
-        )
-        return
-    write_marked_section(START, END, section, BENCHMARKS_MD)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark, print the markdown, and with --write update BENCHMARKS.md."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -349,11 +332,7 @@ The two full extractions do comparable, not identical, work (both keep the disti
 data: URIs and non-http(s) or malformed URLs, detects the charset from `<meta>` or the
 bytes when undeclared and reads resource records; the baseline takes src as is."""
     # One source line per paragraph (tables kept as they are).
-    paragraphs = section.split("\n\n")
-    section = "\n\n".join(t if t[0] == "|" else t.replace("\n", " ") for t in paragraphs)
-    print(section)
-    if args.write:
-        write_section(section)
+    common.publish(common.unwrap(section), START, END, args.write)
 
 
 if __name__ == "__main__":

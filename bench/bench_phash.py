@@ -168,11 +168,7 @@ against its original, both hashed the same way, and the closest pair among those
 {len(unrelated)} unrelated photos:
 
 {chr(10).join(rows)}"""
-    paragraphs = section.split("\n\n")
-    section = "\n\n".join(t if t[0] in "|-" else t.replace("\n", " ") for t in paragraphs)
-    print(section)
-    if args.write:
-        common.write_marked_section(START, END, section)
+    common.publish(common.unwrap(section), START, END, args.write)
 
 
 if __name__ == "__main__":

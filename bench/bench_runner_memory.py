@@ -142,11 +142,7 @@ the {sizes[0]:,}-row figure.
 {chr(10).join(lines)}
 
 {verdict}"""
-    paragraphs = section.split("\n\n")
-    section = "\n\n".join(t if t[0] in "|-" else t.replace("\n", " ") for t in paragraphs)
-    print(section)
-    if args.write:
-        common.write_marked_section(START, END, section)
+    common.publish(common.unwrap(section), START, END, args.write)
 
 
 if __name__ == "__main__":

@@ -36,11 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # bench/common.py, beside this script
-from common import write_marked_section
 from gen_candidates import write_table
 
 REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 START, END = "<!-- bench_text_stage:start -->", "<!-- bench_text_stage:end -->"
 CURATE = shutil.which("curate", path=Path(sys.executable).parent) or "curate"
 MP_FLAGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
@@ -229,11 +227,6 @@ def machine() -> str:
     return common.machine(("apache-beam", "pyarrow"))
 
 
-def write_section(section: str) -> None:
-    """Replace this benchmark's marked section of BENCHMARKS.md, or append it."""
-    write_marked_section(START, END, section, BENCHMARKS_MD)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """Generate tables, time the runs, print the markdown; with --write update BENCHMARKS.md."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -331,11 +324,7 @@ bounded: a shard holds at most `shard_size` rows, a join holds one key's few val
 Flat memory per worker needs a runner with small bundles and a shuffle service (Dataflow);
 none runs here (Prism downloads its binary at run time; Flink and Spark need job-server
 jars from Maven), so it is not shown."""
-    paragraphs = section.split("\n\n")
-    section = "\n\n".join(t if t[0] == "|" else t.replace("\n", " ") for t in paragraphs)
-    print(section)
-    if args.write:
-        write_section(section)
+    common.publish(common.unwrap(section), START, END, args.write)
 
 
 if __name__ == "__main__":

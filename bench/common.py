@@ -25,6 +25,20 @@ def write_marked_section(start: str, end: str, section: str, path: Path = BENCHM
     path.write_text(text)
 
 
+def unwrap(section: str) -> str:
+    """Join the hard-wrapped lines of each prose paragraph; tables and lists stay as written."""
+    paragraphs = section.split("\n\n")
+    return "\n\n".join(t if t[0] in "|-" else t.replace("\n", " ") for t in paragraphs)
+
+
+def publish(section: str, start: str, end: str, write: bool) -> None:
+    """Print a benchmark's section; with `write`, also put it between its markers in
+    BENCHMARKS.md."""
+    print(section)
+    if write:
+        write_marked_section(start, end, section)
+
+
 def machine(packages: Iterable[str] = ()) -> str:
     """CPU model, cores, memory, Python and the versions of `packages`: what a figure
     depends on."""
