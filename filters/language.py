@@ -53,13 +53,18 @@ class _Stream:
         self._gen = np.random.MT19937()
         self._gen.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": state[624]}}
         self.words = np.empty(0, dtype=np.uint32)
+        self._lock = threading.Lock()  # words must be drawn in order, by one thread at a time
 
     def upto(self, end: int) -> np.ndarray:
         """The stream, at least `end` words of it."""
-        if len(self.words) < end:
-            more = self._gen.random_raw(max(end - len(self.words), 1 << 15)).astype(np.uint32)
-            self.words = np.concatenate([self.words, more])
-        return self.words
+        words = self.words
+        if len(words) < end:
+            with self._lock:
+                words = self.words
+                if len(words) < end:
+                    more = self._gen.random_raw(max(end - len(words), 1 << 15))
+                    words = self.words = np.concatenate([words, more.astype(np.uint32)])
+        return words
 
     def gauss_pair(self, at: int) -> tuple[float, float]:
         """random.gauss(0, 1) and the value it caches, from the 4 words at `at`: two
