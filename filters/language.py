@@ -31,7 +31,6 @@ HINT_PRIOR = 0.5
 _largest = np.maximum.reduce  # ndarray.max() without its Python wrapper
 
 # langdetect's constants, read from its Detector so that a change there shows up here.
-_N_TRIAL = 7  # Detector.__init__ sets n_trial = 7
 _ALPHA, _ALPHA_WIDTH, _BASE_FREQ = Detector.ALPHA_DEFAULT, Detector.ALPHA_WIDTH, Detector.BASE_FREQ
 _CONV, _LIMIT = Detector.CONV_THRESHOLD, Detector.ITERATION_LIMIT
 _BLOCK = 5  # langdetect normalizes, and tests for convergence, after every 5th update
@@ -113,7 +112,7 @@ def _langprobs(texts: list[_Features], model: _Model) -> np.ndarray:
     order (products and quotients are exact IEEE operations; sums add left to right), and the
     random draws are read from the same generator stream, so the results are identical.
     """
-    table, stream = model.table, model.stream
+    table, stream, n_trial = model.table, model.stream, model.n_trial
     count, width = len(texts), table.shape[1]
     prob = np.empty((count, width))
     langprob = np.zeros((count, width))
@@ -150,7 +149,7 @@ def _langprobs(texts: list[_Features], model: _Model) -> np.ndarray:
     def run_alone(t: int) -> None:
         # The last text still running (or the only one): the same steps on one row, without
         # the batch bookkeeping, ~10x cheaper a step than a batch of one.
-        while trial[t] < _N_TRIAL:
+        while trial[t] < n_trial:
             take = 1 if step[t] == 0 else _BLOCK
             if pos[t] + take > have[t]:
                 fill(t, consumed(t))
@@ -161,9 +160,9 @@ def _langprobs(texts: list[_Features], model: _Model) -> np.ndarray:
             pos[t] += take
             step[t] += take
             if _largest(p) > _CONV or step[t] - 1 >= _LIMIT:
-                langprob[t] += p / _N_TRIAL
+                langprob[t] += p / n_trial
                 trial[t] += 1
-                if trial[t] < _N_TRIAL:
+                if trial[t] < n_trial:
                     begin_trial(t, consumed(t))
 
     for t in range(count):
@@ -190,11 +189,11 @@ def _langprobs(texts: list[_Features], model: _Model) -> np.ndarray:
         if not stop.any():
             continue
         ended = active[stop]
-        langprob[ended] += prob[ended] / _N_TRIAL
+        langprob[ended] += prob[ended] / n_trial
         trial[ended] += 1
-        for t in ended[trial[ended] < _N_TRIAL]:
+        for t in ended[trial[ended] < n_trial]:
             begin_trial(t, consumed(t))
-        active = active[trial[active] < _N_TRIAL]
+        active = active[trial[active] < n_trial]
     if len(active):
         run_alone(int(active[0]))
     return langprob
@@ -218,6 +217,7 @@ class _Model:
         self.factory = factory
         self.languages: tuple[str, ...] = tuple(factory.get_lang_list())
         self.stream = _Stream(factory.seed)
+        self.n_trial: int = Detector(factory).n_trial  # set in its __init__ (7)
 
     def features(self, text: str, prior: dict[str, float] | None) -> _Features | None:
         """The profile row of each n-gram langdetect samples from, and its starting
