@@ -8,14 +8,36 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
 SOURCE_WARC = "warc"
 SOURCE_ARC = "arc"
 SOURCE_TABLE = "table"
+
+
+_T = TypeVar("_T")
+
+
+def fast_pickling(cls: type[_T]) -> type[_T]:
+    """Pickle a frozen, slotted dataclass as (class, field values).
+
+    Records are pickled at every shuffle. The __getstate__/__setstate__ that dataclasses
+    generate for slots call fields() and setattr per field for every record: 8.8 -> 4.8 µs a
+    Candidate round trip with this, 400,000 round trips in a 10^5-row text stage.
+    """
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    assert len(names) > 1, "attrgetter of one name returns a value, not a tuple"
+    values = operator.attrgetter(*names)
+
+    def __reduce__(self: Any) -> tuple[type[_T], tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign,assignment]
+    return cls
 
 
 def candidate_uid(page_url: str, image_url: str, alt_text: str) -> str:
@@ -26,6 +48,7 @@ def candidate_uid(page_url: str, image_url: str, alt_text: str) -> str:
     return hashlib.sha256(key).hexdigest()[:32]
 
 
+@fast_pickling
 @dataclass(frozen=True, slots=True)
 class Candidate:
     """One image/alt-text pair found on a page or in a table row."""
@@ -83,9 +106,15 @@ class Candidate:
 
     def to_row(self) -> dict[str, Any]:
         """The record as a dict matching CANDIDATE_SCHEMA."""
-        return dataclasses.asdict(self)
+        # Not dataclasses.asdict: it deep-copies every field, and every field here is
+        # immutable (str, int, float, bytes, None); 10x slower for the same dict.
+        return {name: getattr(self, name) for name in _CANDIDATE_FIELDS}
 
 
+_CANDIDATE_FIELDS = tuple(f.name for f in dataclasses.fields(Candidate))
+
+
+@fast_pickling
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a filter refused a candidate: a stage, a reason from curation.reasons, a detail."""
@@ -95,6 +124,7 @@ class Rejection:
     detail: str = ""
 
 
+@fast_pickling
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A candidate together with the rejection that removed it."""

@@ -9,6 +9,7 @@ radix level at most 65,536).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import traceback
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.config import CurationConfig
@@ -83,6 +85,39 @@ def _apply_shared(
         yield candidate if rejection is None else _reject(candidate, rejection)
 
 
+# Distinct tokens a bundle counts before it hands them on: ~10 MB of counts at most.
+_MAX_HELD_TOKENS = 100_000
+
+
+class _CountTokensFn(beam.DoFn):
+    """Candidates -> (token, occurrences in this bundle) for their unigrams and bigrams.
+
+    Counted in a dict first, so that a token seen a thousand times in a bundle leaves as one
+    element, not a thousand: a 10^5-row run sent ~2.5M (token, 1) elements through two Maps
+    and Beam's combiner table. The dict is handed on whenever it holds _MAX_HELD_TOKENS
+    tokens, so memory stays bounded whatever the bundle's size.
+    """
+
+    def __init__(self, ngrams: int) -> None:
+        self.ngrams = ngrams
+
+    def start_bundle(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def process(self, candidate: Candidate) -> Iterator[tuple[str, int]]:
+        self.counts.update(text_ngrams(candidate.alt_text, self.ngrams))
+        if len(self.counts) >= _MAX_HELD_TOKENS:
+            yield from self._handed_on()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        # The text rules run in the global window (a batch pipeline).
+        yield from (GlobalWindows.windowed_value(kv) for kv in self._handed_on())
+
+    def _handed_on(self) -> Iterator[tuple[str, int]]:
+        counts, self.counts = self.counts, collections.Counter()
+        yield from counts.items()
+
+
 class BuildVocabulary(beam.PTransform):
     """Token counts over every raw alt-text -> the (token, in_vocabulary) verdicts.
 
@@ -100,8 +135,7 @@ class BuildVocabulary(beam.PTransform):
         cfg = self.cfg
         counts = (
             raw
-            | "Tokens" >> beam.FlatMap(lambda c: text_ngrams(c.alt_text, cfg.vocab_ngrams))
-            | "One each" >> beam.Map(lambda t: (t, 1))
+            | "Count in bundle" >> beam.ParDo(_CountTokensFn(cfg.vocab_ngrams))
             | "Count tokens" >> beam.CombinePerKey(sum)
         )
         histogram = (

@@ -26,7 +26,7 @@ from curation.archive import iter_responses, read_response_at
 from curation.config import CurationConfig
 from curation.extract import is_table_path
 from curation.fetch import Fetcher, FetchResult, FetchSettings
-from curation.record import Candidate, Rejected, Rejection
+from curation.record import Candidate, Rejected, Rejection, fast_pickling
 from curation.stats import Funnel
 from filters.dataset import text_key
 from filters.dedup import EvalIndex, bands, smaller_neighbours
@@ -57,6 +57,7 @@ SCORE_CHUNK = 1000  # candidates per NSFW input; more is the rare hot image, sco
 _IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
 
 
+@fast_pickling
 @dataclasses.dataclass(frozen=True, slots=True)
 class ImageInfo:
     """One fetched, measured image (keyed by its content hash), without its bytes.

@@ -28,6 +28,7 @@ from filters.dataset import (
 )
 from filters.language import check_language, detect_language, detect_languages
 from filters.text import check_text
+from pipelines import dataset_rules
 from pipelines.dataset_rules import (
     KEPT,
     REJECTED,
@@ -163,6 +164,13 @@ def test_vocabulary_is_the_exact_top_n_with_hash_tie_breaks(size: int, min_count
             verdicts | beam.Filter(lambda tv: tv[1]) | beam.Map(lambda tv: tv[0]),
             equal_to(sorted(expected)),
         )
+
+
+def test_token_counts_handed_on_mid_bundle_are_the_same(monkeypatch) -> None:
+    """Tokens are counted per bundle, and handed on whenever the dict is full: with a
+    3-token cap the verdicts equal the exact top-N all the same."""
+    monkeypatch.setattr(dataset_rules, "_MAX_HELD_TOKENS", 3)
+    test_vocabulary_is_the_exact_top_n_with_hash_tie_breaks(37, 1)
 
 
 def test_rare_token_gets_its_candidate_rejected() -> None:

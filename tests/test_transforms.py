@@ -119,3 +119,27 @@ def test_runner_modes_accept_direct_options(mode: str) -> None:
     with BeamTestPipeline(runner=make_runner(options), options=options) as p:
         out = p | beam.Create([cand("a red fox sitting in the snow")]) | FilterTexts(CFG)
         assert_that(out[KEPT] | beam.combiners.Count.Globally(), equal_to([1]))
+
+
+def test_records_survive_pickling_and_rows_match_asdict() -> None:
+    """Records pickle as (class, field values) for speed (curation.record.fast_pickling):
+    every field comes back, through pickle, copy and Beam's coder; to_row is asdict."""
+    import copy
+    import dataclasses
+    import pickle
+
+    from apache_beam.coders import registry
+
+    from curation.record import Rejected, Rejection
+    from pipelines.images import ImageInfo
+
+    c = dataclasses.replace(cand("a red fox"), image=b"\xff\xd8\xff", nsfw_score=0.25, width=3)
+    info = ImageInfo("http://a.example/x.jpg", "ab" * 32, "f" * 16, 640, 480, 640, 480, "JPEG")
+    records = [c, Rejected(c, Rejection("text", "text_too_short", "2")), info]
+    for record in records:
+        for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+            assert pickle.loads(pickle.dumps(record, protocol)) == record
+        assert copy.copy(record) == record and copy.deepcopy(record) == record
+        coder = registry.get_coder(type(record))
+        assert coder.decode(coder.encode(record)) == record
+    assert c.to_row() == dataclasses.asdict(c)
