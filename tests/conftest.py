@@ -202,9 +202,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, b"", "text/html")
 
 
+# Requests one test may send the image server; the busiest sends 88 (measured).
+MAX_REQUESTS = 500
+
+
 @contextmanager
 def serve(server: ImageServer | None = None) -> Iterator[ImageServer]:
-    """Run an ImageServer in a thread for the duration of the block."""
+    """Run an ImageServer in a thread for the duration of the block; on leaving it, check
+    that the server stopped and served at most MAX_REQUESTS requests."""
     server = server or ImageServer()
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
@@ -214,3 +219,8 @@ def serve(server: ImageServer | None = None) -> Iterator[ImageServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+    # Every request loop a test drives is bounded in count and time (DEVELOPERS.md): a
+    # fetcher retrying without end shows here as a runaway count or a server that did not stop.
+    assert not thread.is_alive(), "the image server thread did not stop within 5 s"
+    total = sum(server.hits.values())
+    assert total <= MAX_REQUESTS, f"{total} requests to the test server (budget {MAX_REQUESTS})"
