@@ -30,8 +30,8 @@ THUMBNAIL_SIDE = 256
 # mode then decodes 1/4 of the pixels of a 256-511 px photo and 1/16 to 1/64 of larger
 # ones. Measured (bench/bench_phash.py): copies (resized, re-encoded, greyscale, cropped) and
 # unrelated photos at the same distances as from a decode >= 256 px, where 64 lets 1/4-size
-# copies drift to 4 bits, the near-duplicate threshold; ~0.5x the time on the image
-# benchmark's JPEGs (shorter side 230-720 px).
+# copies drift to 4 bits, the near-duplicate threshold; 0.66x the time on the 16
+# evaluation JPEGs (~640 x 480).
 HASH_SIDE = 128
 _ORIENTATION_TAG = 0x0112
 # Pillow's errors on hostile files are of many kinds; all mean "cannot decode".

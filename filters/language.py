@@ -36,6 +36,7 @@ _CONV, _LIMIT = Detector.CONV_THRESHOLD, Detector.ITERATION_LIMIT
 _BLOCK = 5  # langdetect normalizes, and tests for convergence, after every 5th update
 _BUFFER = 256  # sampled n-grams prepared per text at a time; a trial mostly needs ~70
 _WINDOW = 640  # stream words read to find them: each is accepted with p > 1/2
+_TWOPI = 2.0 * math.pi  # random.py's TWOPI
 
 
 class _Stream:
@@ -83,9 +84,6 @@ class _Stream:
         picks = words >> np.uint32(32 - n.bit_length())
         taken = np.flatnonzero(picks < n)[:_BUFFER]
         return picks[taken].astype(np.intp), taken
-
-
-_TWOPI = 2.0 * math.pi
 
 
 def _row_sums(prob: np.ndarray) -> np.ndarray:
@@ -308,11 +306,6 @@ def detect_langdetect_all(items: Sequence[tuple[str, str | None]]) -> list[str |
     return [answers[k] for k in keys]
 
 
-def detect_langdetect(text: str, hint: str | None) -> str | None:
-    """langdetect's answer for one text, with the page language as a prior; None if unsure."""
-    return detect_langdetect_all([(text, hint)])[0]
-
-
 def detect_cld2(text: str, hint: str | None) -> str | None:
     """CLD2's best guess (pycld2, model compiled in); None when it has none."""
     try:
@@ -350,7 +343,8 @@ def detect_languages(
     items: Sequence[tuple[str, str | None]], detector: str = "langdetect"
 ) -> list[str | None]:
     """The language of each (alt-text, page language) as a lowercase tag, or None when
-    undetermined. Pass many at once: langdetect then runs them together, ~N× cheaper."""
+    undetermined. Pass many at once: langdetect then runs them together, 0.28x the time a
+    text of one call each (bench/bench_language.py: 345 vs 1,212 µs)."""
     return DETECTORS[detector](items)
 
 
