@@ -11,16 +11,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader
 
-from curation import reasons
-from curation.config import CurationConfig
-from curation.shards import SHARD_SCHEMA
-from filters.image import decode
-from tests.conftest import SAMPLE_WARC
-from trainer.data import (
+torch = pytest.importorskip("torch", reason="the trainer is the [train] extra")
+
+from PIL import Image  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from curation import reasons  # noqa: E402
+from curation.config import CurationConfig  # noqa: E402
+from curation.shards import SHARD_SCHEMA  # noqa: E402
+from filters.image import decode  # noqa: E402
+from tests.conftest import SAMPLE_WARC  # noqa: E402
+from trainer.data import (  # noqa: E402
     MAX_PIXELS,
     DecodeFailure,
     ShardDataset,

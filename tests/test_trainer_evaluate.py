@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from PIL import Image
 
-from trainer.evaluate import (
+torch = pytest.importorskip("torch", reason="the trainer is the [train] extra")
+
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from trainer.evaluate import (  # noqa: E402
     PROMPT_TEMPLATES,
     class_embeddings,
     embed_in_batches,
