@@ -6,7 +6,9 @@ declared language is a prior: alt-texts are short, and the page says what it is 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import sys
 import threading
@@ -202,18 +204,15 @@ class _Model:
     its factory (for text cleaning and n-gram extraction) and the seeded random stream."""
 
     def __init__(self) -> None:
-        # Loading the profiles takes ~0.5 s: once per process, on first use.
+        languages, self.rows, self.table = _load_profiles(PROFILES_DIRECTORY)
         factory = DetectorFactory()
-        factory.load_profile(PROFILES_DIRECTORY)
+        factory.langlist = list(languages)
+        # n-gram extraction only tests membership: the map holds row ids, not 55 floats each.
+        factory.word_lang_prob_map = self.rows
         # Seeded: langdetect samples n-grams at random, so without a seed results vary by run.
         factory.set_seed(0)
-        words = factory.word_lang_prob_map
-        self.table = np.array(list(words.values()), dtype=np.float64)
-        self.rows = dict(zip(words, range(len(words)), strict=True))
-        # n-gram extraction only tests membership: the map keeps row ids, not 55 floats each.
-        factory.word_lang_prob_map = self.rows
         self.factory = factory
-        self.languages: tuple[str, ...] = tuple(factory.get_lang_list())
+        self.languages: tuple[str, ...] = tuple(languages)
         self.stream = _Stream(factory.seed)
         self.n_trial: int = Detector(factory).n_trial  # set in its __init__ (7)
 
@@ -246,6 +245,41 @@ class _Model:
 
 
 _Features = tuple[np.ndarray, np.ndarray]
+
+
+def _load_profiles(directory: str) -> tuple[list[str], dict[str, int], np.ndarray]:
+    """What DetectorFactory.load_profile builds (its languages in its order, and each
+    n-gram's probability in each language), read straight into a matrix: 0.1 s instead of
+    its 0.5 s a process, and the same numbers (float64 division either way; a test
+    compares the two). Returns (languages, n-gram -> row, table)."""
+    names = os.listdir(directory)
+    width = len(names)  # langdetect sizes each row by the directory's entry count
+    languages: list[str] = []
+    rows: dict[str, int] = {}
+    columns: list[tuple[np.ndarray, np.ndarray]] = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if name.startswith(".") or not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as fh:
+            profile = json.load(fh)
+        if profile["name"] in languages:
+            raise ValueError(f"duplicate language profile {profile['name']!r} in {directory}")
+        languages.append(profile["name"])
+        freq: dict[str, int] = profile["freq"]
+        for word in freq:
+            rows.setdefault(word, len(rows))
+        # langdetect stores 1.0 * count / n_words[len - 1] for 1- to 3-grams, else nothing.
+        counted = [(w, n) for w, n in freq.items() if 1 <= len(w) <= 3]
+        index = np.fromiter((rows[w] for w, _ in counted), np.intp, len(counted))
+        count = np.fromiter((n for _, n in counted), np.float64, len(counted))
+        totals = np.asarray(profile["n_words"], dtype=np.float64)
+        lengths = np.fromiter((len(w) for w, _ in counted), np.intp, len(counted))
+        columns.append((index, count / totals[lengths - 1]))
+    table = np.zeros((len(rows), width), dtype=np.float64)
+    for col, (index, probs) in enumerate(columns):
+        table[index, col] = probs
+    return languages, rows, table
 
 
 @lru_cache(maxsize=1)

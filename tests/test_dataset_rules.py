@@ -6,6 +6,7 @@ import dataclasses
 import random
 
 import apache_beam as beam
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -277,6 +278,24 @@ def test_batched_langdetect_equals_langdetect_bit_for_bit() -> None:
     assert langdetect_probabilities(items) == want
     for item, expected in zip(items[:: len(items) // 15], want[:: len(items) // 15], strict=True):
         assert langdetect_probabilities([item]) == [expected], item[0]
+
+
+def test_profiles_load_as_langdetect_loads_them() -> None:
+    """The profile matrix read straight from langdetect's files holds what its own
+    DetectorFactory builds: the same languages in the same order, the same n-grams, and
+    bit-identical probabilities."""
+    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+
+    from filters.language import _load_profiles
+
+    stock = DetectorFactory()
+    stock.load_profile(PROFILES_DIRECTORY)
+    languages, rows, table = _load_profiles(PROFILES_DIRECTORY)
+    assert languages == stock.langlist and len(languages) == 55
+    assert list(rows) == list(stock.word_lang_prob_map)
+    assert list(rows.values()) == list(range(len(rows)))
+    expected = np.array(list(stock.word_lang_prob_map.values()), dtype=np.float64)
+    assert table.shape == expected.shape and table.tobytes() == expected.tobytes()
 
 
 def test_langdetect_is_deterministic() -> None:
