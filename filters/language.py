@@ -249,9 +249,10 @@ _Features = tuple[np.ndarray, np.ndarray]
 
 def _load_profiles(directory: str) -> tuple[list[str], dict[str, int], np.ndarray]:
     """What DetectorFactory.load_profile builds (its languages in its order, and each
-    n-gram's probability in each language), read straight into a matrix: 0.1 s instead of
-    its 0.5 s a process, and the same numbers (float64 division either way; a test
-    compares the two). Returns (languages, n-gram -> row, table)."""
+    n-gram's probability in each language), read straight into a matrix: 0.11 s a process
+    instead of 0.41 s for its loader and the list-to-array copy (median of 5 here), and the
+    same numbers (float64 division either way; a test compares the two).
+    Returns (languages, n-gram -> row, table)."""
     names = os.listdir(directory)
     width = len(names)  # langdetect sizes each row by the directory's entry count
     languages: list[str] = []
@@ -269,13 +270,14 @@ def _load_profiles(directory: str) -> tuple[list[str], dict[str, int], np.ndarra
         freq: dict[str, int] = profile["freq"]
         for word in freq:
             rows.setdefault(word, len(rows))
+        n = len(freq)
+        index = np.fromiter(map(rows.__getitem__, freq), np.intp, n)
+        count = np.fromiter(freq.values(), np.float64, n)
+        lengths = np.fromiter(map(len, freq), np.intp, n)
         # langdetect stores 1.0 * count / n_words[len - 1] for 1- to 3-grams, else nothing.
-        counted = [(w, n) for w, n in freq.items() if 1 <= len(w) <= 3]
-        index = np.fromiter((rows[w] for w, _ in counted), np.intp, len(counted))
-        count = np.fromiter((n for _, n in counted), np.float64, len(counted))
+        gram = (lengths >= 1) & (lengths <= 3)
         totals = np.asarray(profile["n_words"], dtype=np.float64)
-        lengths = np.fromiter((len(w) for w, _ in counted), np.intp, len(counted))
-        columns.append((index, count / totals[lengths - 1]))
+        columns.append((index[gram], count[gram] / totals[lengths[gram] - 1]))
     table = np.zeros((len(rows), width), dtype=np.float64)
     for col, (index, probs) in enumerate(columns):
         table[index, col] = probs
