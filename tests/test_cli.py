@@ -302,3 +302,36 @@ def test_bundled_sample_is_reproducible(tmp_path) -> None:
         capture_output=True,
     )
     assert target.read_bytes() == SAMPLE_WARC.read_bytes()
+
+
+_TUNE = (
+    "import os; from pipelines.cli import tune_allocator; "
+    "print(tune_allocator(), os.environ.get('MALLOC_MMAP_THRESHOLD_'))"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, f"True {256 << 20}"),  # applied, and handed to worker processes
+        ({"CURATE_TUNE_MALLOC": "0"}, "False None"),  # opted out
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "False 65536"),  # the user's own setting stays
+    ],
+)
+def test_allocator_tuning_respects_the_user(env: dict[str, str], expected: str) -> None:
+    """`curate run` keeps freed memory for reuse unless told not to (a fresh process each,
+    so that this test's own allocator is untouched)."""
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "CURATE_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", _TUNE],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.split() == expected.split()
