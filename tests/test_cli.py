@@ -335,3 +335,35 @@ def test_allocator_tuning_respects_the_user(env: dict[str, str], expected: str) 
         check=True,
     )
     assert out.stdout.split() == expected.split()
+
+
+def test_whole_graph_passes_beams_type_checks(tmp_path) -> None:
+    """`curate run` skips Beam's construction-time type checks (the same graph every run);
+    here every variant of the graph is built with them on, so a type-hint mismatch still
+    fails CI. The CLI default, and the flag that keeps the checks, are checked too."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
+
+    from curation.stats import Funnel
+    from pipelines.cli import _pipeline_options
+    from pipelines.run import build_pipeline, build_retry_pipeline
+
+    assert not _pipeline_options([]).view_as(TypeOptions).pipeline_type_check
+    kept_on = _pipeline_options(["--pipeline_type_check"])
+    assert kept_on.view_as(TypeOptions).pipeline_type_check
+
+    evals = str(ROOT / "sample" / "*.warc.gz")  # a glob that matches; hashed only when run
+    image, text = reasons.STAGE_IMAGE, reasons.STAGE_TEXT
+    variants = [
+        (CurationConfig(), image),
+        (dataclasses.replace(CurationConfig(), nsfw=False, eval_images=(evals,)), image),
+        (dataclasses.replace(CurationConfig(), near_dup_distance=-1), image),
+        (CurationConfig(), text),
+    ]
+    for cfg, stop in variants:  # a type-hint mismatch raises here
+        p = beam.Pipeline(options=PipelineOptions([]))
+        assert p.options.view_as(TypeOptions).pipeline_type_check
+        build_pipeline(p, [str(SAMPLE_WARC)], str(tmp_path / "out"), cfg, stop)
+    p = beam.Pipeline(options=PipelineOptions([]))
+    before, out = str(tmp_path / "before"), str(tmp_path / "out")
+    build_retry_pipeline(p, before, out, CurationConfig(), Funnel())
