@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import google_crc32c
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -52,6 +53,53 @@ def with_aliases(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Offsets of Arrow's binary type are int32: one chunk of a binary column stays below 2 GiB.
+_BINARY_CHUNK_BYTES = (1 << 31) - 1
+
+
+def arrow_table(
+    rows: Sequence[Mapping[str, Any]], schema: pa.Schema, chunk_bytes: int = _BINARY_CHUNK_BYTES
+) -> pa.Table:
+    """Rows as an Arrow table, as `pa.Table.from_pylist` builds it (a missing key is null),
+    with the binary columns (image bytes) copied once into a buffer of their exact size.
+
+    from_pylist grows each binary column by doubling in Arrow's own allocator: for a shard of
+    2,000 images (114 MB) in the local runner, 0.6-0.8 s of fresh pages and copies against
+    ~0.03 s this way (same table; /tmp measurement inside `curate run`, 3 runs each).
+    """
+    columns = []
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        large = pa.types.is_large_binary(field.type)
+        if (large or pa.types.is_binary(field.type)) and values and None not in values:
+            columns.append(_binary_column(values, field.type, large, chunk_bytes))
+        else:
+            columns.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _binary_column(
+    values: list[Any], kind: pa.DataType, large: bool, chunk_bytes: int
+) -> pa.Array | pa.ChunkedArray:
+    sizes = [len(v) for v in values]
+    chunks, start, held = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and not large and held + size > chunk_bytes:
+            chunks.append((start, i))
+            start, held = i, 0
+        held += size
+    chunks.append((start, len(values)))
+    offset_type = np.int64 if large else np.int32
+    arrays = []
+    for lo, hi in chunks:
+        offsets = np.zeros(hi - lo + 1, dtype=offset_type)
+        np.cumsum(sizes[lo:hi], out=offsets[1:])
+        data = b"".join(values[lo:hi])
+        buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        arrays.append(pa.Array.from_buffers(kind, hi - lo, buffers))
+    return arrays[0] if len(arrays) == 1 else pa.chunked_array(arrays, type=kind)
+
+
 def write_parquet(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, sink: Any) -> None:
     """Rows as one Parquet file, written to `sink` (a binary file object or an Arrow output
     stream); the same rows in the same order give the same bytes.
@@ -61,7 +109,7 @@ def write_parquet(rows: Sequence[Mapping[str, Any]], schema: pa.Schema, sink: An
     and min/max of image bytes filter nothing, so each only cost time: 293 -> 160 ms for
     1,000 kept rows (67 MB), file 0.2% larger (/tmp measurement on the benchmark corpus).
     """
-    table = pa.Table.from_pylist(list(rows), schema=schema)
+    table = arrow_table(rows, schema)
     blobs = {
         f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
     }
