@@ -306,25 +306,36 @@ def test_bundled_sample_is_reproducible(tmp_path) -> None:
 
 _TUNE = (
     "import os; from pipelines.cli import tune_allocator; "
-    "print(tune_allocator(), os.environ.get('MALLOC_MMAP_THRESHOLD_'))"
+    "import pyarrow as pa; "
+    "print(tune_allocator(), os.environ.get('MALLOC_MMAP_THRESHOLD_'), "
+    "pa.default_memory_pool().backend_name)"
 )
+
+
+_DEFAULT_POOL = "import pyarrow as pa; print(pa.default_memory_pool().backend_name)"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 @pytest.mark.parametrize(
-    ("env", "expected"),
+    ("env", "applied", "threshold", "pool"),
     [
-        ({}, f"True {256 << 20}"),  # applied, and handed to worker processes
-        ({"CURATE_TUNE_MALLOC": "0"}, "False None"),  # opted out
-        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "False 65536"),  # the user's own setting stays
+        ({}, "True", str(256 << 20), "system"),  # applied, and handed to worker processes
+        ({"CURATE_TUNE_MALLOC": "0"}, "False", "None", "default"),  # opted out
+        ({"MALLOC_MMAP_THRESHOLD_": "65536"}, "False", "65536", "default"),  # the user's own
+        ({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}, "True", str(256 << 20), "mimalloc"),
     ],
 )
-def test_allocator_tuning_respects_the_user(env: dict[str, str], expected: str) -> None:
-    """`curate run` keeps freed memory for reuse unless told not to (a fresh process each,
-    so that this test's own allocator is untouched)."""
+def test_allocator_tuning_respects_the_user(
+    env: dict[str, str], applied: str, threshold: str, pool: str
+) -> None:
+    """`curate run` keeps freed memory for reuse, and has Arrow allocate from it, unless
+    told not to (a fresh process each, so that this test's own allocator is untouched)."""
     import os
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "CURATE_"))}
+    import pyarrow as pa
+
+    tuned = ("MALLOC_", "CURATE_", "ARROW_DEFAULT_MEMORY_POOL")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(tuned)}
     out = subprocess.run(
         [sys.executable, "-c", _TUNE],
         env={**base, **env},
@@ -334,7 +345,17 @@ def test_allocator_tuning_respects_the_user(env: dict[str, str], expected: str) 
         timeout=120,
         check=True,
     )
-    assert out.stdout.split() == expected.split()
+    default = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_POOL],
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    assert default != "system" and pa.system_memory_pool().backend_name == "system"
+    expected = [applied, threshold, default if pool == "default" else pool]
+    assert out.stdout.split() == expected
 
 
 def test_whole_graph_passes_beams_type_checks(tmp_path) -> None:
