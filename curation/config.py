@@ -233,6 +233,13 @@ class CurationConfig:
         "fetch from loopback and private addresses (tests, intranets); link-local stays refused",
         "SSRF guard: workers sit next to the cloud metadata server",
     )
+    file_roots: tuple[str, ...] = _opt(
+        (),
+        "folders (local, file://, gs:// or any filesystem the runner reads) whose images URL "
+        "tables may name by path or file:// URL, relative paths from the table's folder "
+        "(comma-separated; empty: none, such rows are unsupported_scheme or bad_url)",
+        "a table from the web could otherwise read the workers' disks and buckets",
+    )
 
     # --- Extraction caps: guards against hostile pages, each removal counted under a reason.
     max_images_per_page: int = _opt(

@@ -12,6 +12,7 @@ from typing import BinaryIO
 from curation import reasons
 from curation.archive import iter_responses
 from curation.config import CurationConfig
+from curation.files import image_path, normalize_root
 from curation.html import (
     HTML_MIME_TYPES,
     decode_html,
@@ -81,6 +82,7 @@ def candidates_from_table(
 ) -> Iterator[Candidate]:
     """Yield one candidate per usable row of a URL table (Parquet, CSV, TSV or JSONL)."""
     funnel.add(_READ, reasons.FILES)
+    roots = [normalize_root(r) for r in cfg.file_roots]
     for row, url, caption in iter_table_rows(
         stream, source_file, cfg.url_column, cfg.caption_column
     ):
@@ -97,8 +99,7 @@ def candidates_from_table(
             elif url is None:
                 reason = reasons.NO_IMAGE_URL
             else:
-                # An empty base: a table's URLs must already be absolute.
-                image_url, reason = resolve_image_url("", url, cfg.max_url_chars)
+                image_url, reason = _table_image(url, source_file, roots, cfg.max_url_chars)
         if reason is not None:
             funnel.add(_EXTRACT, reason)
             continue
@@ -113,3 +114,17 @@ def candidates_from_table(
             source_offset=row,
             crawl_date=None,
         )
+
+
+def _table_image(
+    url: str, table_path: str, roots: list[str], max_chars: int
+) -> tuple[str | None, str | None]:
+    """A table cell as (image URL or path, None) or (None, reason)."""
+    if roots:  # a path under file_roots, or a named reason when it is a path elsewhere
+        path, reason = image_path(url, table_path, roots)
+        if path is not None and len(path) > max_chars:
+            return None, reasons.URL_OVERSIZED
+        if path is not None or reason is not None:
+            return path, reason
+    # An empty base: a table's URLs must already be absolute.
+    return resolve_image_url("", url, max_chars)

@@ -35,6 +35,7 @@ ALT_TEXT_OVERSIZED = "alt_text_oversized"  # above max_alt_chars: a cap, not a r
 NO_IMAGE_URL = "no_image_url"  # no src, srcset or lazy-load attribute
 DATA_URI = "data_uri"  # the image is inline (data:), there is no URL to fetch
 UNSUPPORTED_SCHEME = "unsupported_scheme"  # javascript:, ftp:, file:, about:, ...
+PATH_NOT_ALLOWED = "path_not_allowed"  # a table row's image path outside every file_roots folder
 BAD_URL = "bad_url"  # a src that does not resolve to an absolute http(s) URL with a host
 URL_OVERSIZED = "url_oversized"  # above max_url_chars: a cap, not a rule
 DUPLICATE_ON_PAGE = "duplicate_on_page"  # the same (image_url, alt_text) again on one page
@@ -78,6 +79,8 @@ PRIVATE_ADDRESS = "private_address"  # host resolves to loopback/private/link-lo
 TOO_MANY_REDIRECTS = "too_many_redirects"
 BAD_REDIRECT = "bad_redirect"  # a Location that is missing, not http(s), or unusable
 FETCH_FAILED = "fetch_failed"  # any other protocol error, detail says which
+FILE_NOT_FOUND = "file_not_found"  # a table row's image path (file_roots) names no file
+FILE_ERROR = "file_error"  # reading that file failed otherwise; detail says how
 
 
 def http_status(code: int) -> str:

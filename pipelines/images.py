@@ -26,6 +26,7 @@ from curation.archive import iter_responses, read_response_at
 from curation.config import CurationConfig
 from curation.extract import is_table_path
 from curation.fetch import Fetcher, FetchResult, FetchSettings
+from curation.files import is_image_path, normalize_root, read_image_file
 from curation.record import Candidate, Rejected, Rejection, fast_pickling
 from curation.stats import Funnel
 from filters.dataset import text_key
@@ -180,6 +181,7 @@ class FetchImagesFn(beam.DoFn):
         # fetched once per host per worker, and the per-host limit holds across steps.
         self.fetcher = _FETCHERS.acquire(lambda: _SharedFetcher(settings), tag=repr(settings))
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.fetch_threads))
+        self.roots = [normalize_root(r) for r in self.cfg.file_roots]
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -192,8 +194,14 @@ class FetchImagesFn(beam.DoFn):
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
         from_web = [u for u, loc in batch if loc is None]
+        # Paths under file_roots (URL tables only): read from their filesystem in every mode.
+        from_files = [u for u in from_web if is_image_path(u)]
+        from_web = [u for u in from_web if not is_image_path(u)]
         read = list(self._read_archives(from_archive))
         for outputs in self.pool.map(lambda ur: self._outputs(*ur), read):
+            yield from self._once(outputs)
+        for ok, outputs in self.pool.map(self._read_file, from_files):
+            progress.bump("images", int(ok))
             yield from self._once(outputs)
         if self.cfg.images_from == "archive":
             for url in from_web:
@@ -210,6 +218,10 @@ class FetchImagesFn(beam.DoFn):
                     continue
                 self.sent.add(out.value[0])
             yield out
+
+    def _read_file(self, path: str) -> tuple[bool, list[Any]]:
+        result = read_image_file(path, self.roots, self.cfg.max_image_bytes, _open_uncompressed)
+        return result.ok, self._outputs(path, _sniffed(result))
 
     def _fetch(self, url: str) -> tuple[bool, list[Any]]:
         result = self.fetcher.fetch(url)
@@ -247,6 +259,11 @@ class FetchImagesFn(beam.DoFn):
                     else:
                         progress.bump("images")
                         yield url, _sniffed(FetchResult(url, data=resp.body))
+
+
+def _open_uncompressed(path: str) -> Any:
+    # Image files are read as stored: Beam would otherwise gunzip a name ending in .gz.
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 class _SharedFetcher(Fetcher):

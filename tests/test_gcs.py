@@ -102,3 +102,53 @@ def test_a_whole_run_from_and_to_a_bucket(emulator: str, tmp_path: Path) -> None
     assert (local / "report.html").exists() and (local / "config.yaml").exists()
     assert json.loads((local / "webdataset" / "_manifest.json").read_text())["total"] == 12
     assert not [b.name for b in client.list_blobs("crawls", prefix="out/") if "/.tmp-" in b.name]
+
+
+def test_a_table_of_images_in_a_bucket(emulator: str, tmp_path: Path) -> None:
+    """A URL table in a bucket naming images in the same bucket (relative and gs:// paths,
+    file_roots on the bucket): read through Beam's GCS filesystem; a missing object is
+    file_not_found, an object outside the root is never read."""
+    from google.auth.credentials import AnonymousCredentials
+
+    from tests.conftest import jpeg_bytes
+    from tests.test_files import _checkerboard
+
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator
+    try:
+        client = storage.Client(credentials=AnonymousCredentials(), project="test")
+        bucket = client.create_bucket("photos")
+        bucket.blob("set/a.jpg").upload_from_string(jpeg_bytes((320, 240)))
+        bucket.blob("set/b.jpg").upload_from_string(_checkerboard((300, 260)))
+        bucket.blob("private/c.jpg").upload_from_string(jpeg_bytes((320, 240), colour=10))
+        rows = [
+            ("a.jpg", "white stripes painted on a blue wall"),
+            ("gs://photos/set/b.jpg", "a pale wall with a dark checkerboard"),
+            ("gone.jpg", "a photo that was deleted from the bucket"),
+            ("gs://photos/private/c.jpg", "a photo outside the allowed folder"),
+        ]
+        table = "url\tcaption\n" + "".join(f"{u}\t{t}\n" for u, t in rows)
+        bucket.blob("set/urls.tsv").upload_from_string(table)
+    finally:
+        del os.environ["STORAGE_EMULATOR_HOST"]
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "STORAGE_EMULATOR_HOST": emulator,
+        "NO_GCE_CHECK": "true",
+        "GOOGLE_CLOUD_PROJECT": "test",
+    }
+    args = ["--input", "gs://photos/set/urls.tsv", "--output", str(out), "--nsfw", "false"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "run", *args, "--file-roots", "gs://photos/set"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    kept, rejected, stats = check_invariant(out)
+    assert {r["image_url"] for r in kept} == {"gs://photos/set/a.jpg", "gs://photos/set/b.jpg"}
+    assert [(r["image_url"], r["reason"]) for r in rejected] == [
+        ("gs://photos/set/gone.jpg", "file_not_found")
+    ]
+    assert stats["extract"]["path_not_allowed"] == 1
