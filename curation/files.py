@@ -76,9 +76,12 @@ def image_path(value: str, table_path: str, roots: Sequence[str]) -> tuple[str |
     or on another host, and (None, None) when it is no path at all (a web URL, data:,
     javascript:, //host/...: the caller resolves it as a URL). A relative path is relative
     to the table's folder."""
+    value = value.strip()
+    if "\x00" in value:
+        return None, reasons.BAD_URL  # no filesystem takes a NUL byte in a name
     scheme = _scheme(value)
-    if scheme in WEB_SCHEMES or value.startswith("//"):
-        return None, None
+    if not value or value in (".", "./") or scheme in WEB_SCHEMES or value.startswith("//"):
+        return None, None  # the table folder itself is no image either
     if scheme is None and not value.startswith("/"):
         if ":" in value.split("/", 1)[0]:
             return None, None  # data:..., javascript:..., mailto:...
@@ -89,6 +92,8 @@ def image_path(value: str, table_path: str, roots: Sequence[str]) -> tuple[str |
     path = _local_or_remote(value)
     if path is None:
         return None, reasons.UNSUPPORTED_SCHEME  # file://otherhost/...
+    if "\x00" in path:
+        return None, reasons.BAD_URL  # percent-encoded in a file:// URL
     path = _normalize(path)
     if not _under(path, roots):
         return None, reasons.PATH_NOT_ALLOWED
@@ -101,20 +106,31 @@ def read_image_file(
     max_bytes: int,
     open_path: Callable[[str], BinaryIO],
 ) -> FetchResult:
-    """The bytes of an image file as a FetchResult: file_not_found, too_large (stopped
-    after max_bytes), path_not_allowed (a local symlink out of every root) or file_error
-    (any other failure to read, with its message) otherwise."""
+    """The bytes of an image file as a FetchResult, else file_not_found, too_large (stopped
+    after max_bytes), path_not_allowed (outside `roots`, normalized by normalize_root, or a
+    local symlink out of them) or file_error (any other failure, with its message)."""
+    # Checked again at read time: a path reaches here only from image_path, but the reader
+    # is the last place that can refuse.
+    if "\x00" in path or not _under(_normalize(path), roots):
+        return FetchResult(path, reason=reasons.PATH_NOT_ALLOWED, detail="outside file_roots")
+    target = path
     if _scheme(path) is None:
-        real = os.path.realpath(path)
-        local_roots = [os.path.realpath(r) for r in roots if _scheme(r) is None]
-        if not _under(real, local_roots):
-            return FetchResult(path, reason=reasons.PATH_NOT_ALLOWED, detail=real[:300])
-        if not os.path.isfile(real):
-            reason = reasons.FILE_NOT_FOUND if not os.path.exists(real) else reasons.FILE_ERROR
-            return FetchResult(path, reason=reason, detail="not a regular file")
+        try:
+            # Symlinks resolved: a link inside a root may point anywhere.
+            target = os.path.realpath(path)
+            local_roots = [os.path.realpath(r) for r in roots if _scheme(r) is None]
+            if not _under(target, local_roots):
+                detail = "a symlink out of file_roots"
+                return FetchResult(path, reason=reasons.PATH_NOT_ALLOWED, detail=detail)
+            if not os.path.isfile(target):
+                missing = not os.path.exists(target)
+                reason = reasons.FILE_NOT_FOUND if missing else reasons.FILE_ERROR
+                return FetchResult(path, reason=reason, detail="not a regular file")
+        except (OSError, ValueError) as e:
+            return FetchResult(path, reason=reasons.FILE_ERROR, detail=f"{type(e).__name__}: {e}")
     chunks, size = [], 0
     try:
-        with open_path(path) as fh:
+        with open_path(target) as fh:  # the resolved file, as checked
             while size <= max_bytes:
                 chunk = fh.read(min(_READ_CHUNK, max_bytes + 1 - size))
                 if not chunk:

@@ -71,7 +71,13 @@ def arrow_table(
     for field in schema:
         values = [row.get(field.name) for row in rows]
         large = pa.types.is_large_binary(field.type)
-        if (large or pa.types.is_binary(field.type)) and values and None not in values:
+        # The fast path takes bytes alone, each below a chunk: anything else (None, str,
+        # bytearray, memoryview, a 2 GiB value) goes to Arrow's own conversion.
+        if (
+            (large or pa.types.is_binary(field.type))
+            and values
+            and all(type(v) is bytes and len(v) < chunk_bytes for v in values)
+        ):
             columns.append(_binary_column(values, field.type, large, chunk_bytes))
         else:
             columns.append(pa.array(values, type=field.type))

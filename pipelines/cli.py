@@ -58,12 +58,12 @@ def _quiet_beam() -> None:
 # glibc's malloc returns large freed blocks to the kernel (mmap above a threshold that
 # adapts up to 32 MB; heap trimming above twice that), so every new buffer of the local
 # runner's data plane (image bytes between stages, copied several times a step) is faulted
-# in again, page by page. Held by the allocator instead: 2,000 images over HTTP, minor
-# faults 0.8M -> 0.3M, system time -1 s, wall 15.1 -> 13.6 s (median of 3), peak RSS
-# +4%. Arrow's own pool (jemalloc) faults in fresh pages the same way when a shard is
-# encoded; on the tuned system allocator the shard's Parquet encoding and file write take
-# 0.25 s instead of 0.8-1.1 s. Measured with /usr/bin/time and cProfile on `curate run`
-# over bench/bench_images.py's URL list (bench_images.py has the end-to-end figures).
+# in again, page by page. Held by the allocator instead: malloc alone took a 2,000-image
+# run (bench/bench_images.py's URL list) from 0.8M to 0.3M minor faults and 15.1 to 13.6 s
+# (median of 3, at 1a09eb1). Arrow's own pool faults in fresh pages the same way when a
+# shard is encoded; on the tuned system allocator the shard's Parquet encoding and file
+# write take 0.25 s instead of 0.8-1.1 s (cProfile). Both, against neither, at 0564a7a:
+# 0.9M -> 0.3M faults, 13.5 -> 12.1 s (median of 3, /usr/bin/time on `curate run`).
 MALLOC_MMAP_THRESHOLD = 256 << 20
 MALLOC_TRIM_THRESHOLD = 512 << 20
 
@@ -81,7 +81,7 @@ def tune_allocator() -> bool:
         import ctypes
 
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+    except (OSError, AttributeError, TypeError):  # not glibc: macOS, musl, Windows
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
     if not (
@@ -369,11 +369,17 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfig:
-    """Settle the config's 'auto' values once the runner is known (at the entry point)."""
+    """Settle the config's 'auto' values once the runner is known, and its relative paths
+    (at the entry point)."""
     import dataclasses
 
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
+    from curation.files import normalize_root
+
+    # Relative roots are the user's (this directory's), not each worker's.
+    roots = tuple(normalize_root(r) for r in cfg.file_roots if r.strip())
+    cfg = dataclasses.replace(cfg, file_roots=roots)
     if cfg.nsfw_threads != -1:
         return cfg
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
@@ -389,8 +395,11 @@ def _pipeline_options(beam_args: list[str], paths: list[str] = ()):
 
     # Beam checks the graph's type hints as it is built: ~0.45 s of every run (1.3 -> 0.85 s
     # to build the image pipeline, median of 6), for a graph that is the same every run and
-    # that the tests check (test_whole_graph_passes_beams_type_checks). Beam has only the
-    # flag that turns it off; ours, --pipeline_type_check, keeps it on.
+    # that the tests check (test_whole_graph_passes_beams_type_checks). Without the checks
+    # Beam also infers no element types, so every collection takes its default coder
+    # (FastPrimitivesCoder; pickle for our records): the sample run's files are
+    # byte-identical either way. Beam has only the flag that turns it off; ours,
+    # --pipeline_type_check, keeps it on.
     if "--pipeline_type_check" in beam_args:
         beam_args = [a for a in beam_args if a != "--pipeline_type_check"]
     elif "--no_pipeline_type_check" not in beam_args:

@@ -359,9 +359,10 @@ def test_allocator_tuning_respects_the_user(
 
 
 def test_whole_graph_passes_beams_type_checks(tmp_path) -> None:
-    """`curate run` skips Beam's construction-time type checks (the same graph every run);
-    here every variant of the graph is built with them on, so a type-hint mismatch still
-    fails CI. The CLI default, and the flag that keeps the checks, are checked too."""
+    """`curate run` skips Beam's construction-time type checks (and with them Beam's
+    element-type inference), and every test that runs `main` runs that graph; here every
+    variant of the graph is built with the checks on, so a type-hint mismatch still fails
+    CI. The CLI default, and the flag that keeps the checks, are checked too."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
 

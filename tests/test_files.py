@@ -3,6 +3,7 @@ allowed only under `file_roots` (curation/files.py), end to end through `curate 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -29,11 +30,18 @@ ROOTS = [normalize_root("/data/images"), normalize_root("gs://bucket/imgs/")]
         ("data:image/png;base64,AAAA", "/data/t.parquet", (None, None)),
         ("javascript:alert(1)", "/data/t.parquet", (None, None)),
         ("//example.com/a.jpg", "/data/t.parquet", (None, None)),
+        ("", "/data/images/t.parquet", (None, None)),  # empty: the URL rules name it
+        ("  ", "/data/images/t.parquet", (None, None)),
+        (".", "/data/images/t.parquet", (None, None)),  # the table's folder is no image
+        # A NUL byte, raw or percent-encoded: no file name holds one.
+        ("/data/images/a.jpg\x00.png", "/x/t.parquet", (None, reasons.BAD_URL)),
+        ("file:///data/images/a.jpg%00", "/x/t.parquet", (None, reasons.BAD_URL)),
         # Paths under a root.
         ("/data/images/a.jpg", "/x/t.parquet", ("/data/images/a.jpg", None)),
         ("file:///data/images/a%20b.jpg", "/x/t.parquet", ("/data/images/a b.jpg", None)),
         ("file://localhost/data/images/a.jpg", "/x/t.parquet", ("/data/images/a.jpg", None)),
         ("a.jpg", "/data/images/t.parquet", ("/data/images/a.jpg", None)),
+        (" a.jpg\t", "/data/images/t.parquet", ("/data/images/a.jpg", None)),
         ("sub/../a.jpg", "/data/images/t.parquet", ("/data/images/a.jpg", None)),
         ("gs://bucket/imgs/a.jpg", "/x/t.parquet", ("gs://bucket/imgs/a.jpg", None)),
         ("a.jpg", "gs://bucket/imgs/t.parquet", ("gs://bucket/imgs/a.jpg", None)),
@@ -87,6 +95,10 @@ def test_read_image_file(tmp_path: Path) -> None:
 
     failed = read("a.jpg", opener=denied)
     assert failed.reason == reasons.FILE_ERROR and "PermissionError" in failed.detail
+    # The reader refuses on its own what image_path would never hand it.
+    for path in (str(tmp_path / "outside.jpg"), str(root / "a.jpg\x00"), "gs://b/x.jpg"):
+        result = read_image_file(path, roots, 1000, functools.partial(open, mode="rb"))
+        assert result.reason == reasons.PATH_NOT_ALLOWED and result.data is None
 
 
 def _checkerboard(size: tuple[int, int]) -> bytes:
@@ -147,3 +159,18 @@ def test_a_table_of_paths_end_to_end(tmp_path: Path) -> None:
     extract = stats2["extract"]
     assert extract[reasons.UNSUPPORTED_SCHEME] == 1 and extract[reasons.BAD_URL] == 6
     assert json.loads((out2 / "stats.json").read_text())["totals"]["extracted"] == 0
+
+
+def test_roots_are_settled_at_the_entry_point(tmp_path: Path, monkeypatch) -> None:
+    """Relative roots are the user's directory's, not each worker's; empty ones are dropped."""
+    import dataclasses
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from curation.config import CurationConfig
+    from pipelines.cli import resolve_runtime_defaults
+
+    monkeypatch.chdir(tmp_path)
+    cfg = dataclasses.replace(CurationConfig(), file_roots=("images/", "", "file:///srv/x/"))
+    settled = resolve_runtime_defaults(cfg, PipelineOptions([]))
+    assert settled.file_roots == (str(tmp_path / "images"), "/srv/x")

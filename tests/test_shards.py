@@ -178,7 +178,7 @@ def test_arrow_table_is_from_pylists_table(chunk_bytes: int) -> None:
         ]
     )
     rows = [
-        {"uid": f"u{i}", "image": bytes([i]) * (i * 7), "thumb": b"t" * i, "width": i}
+        {"uid": f"u{i}", "image": bytes([i]) * (i * 2), "thumb": b"t" * i, "width": i}
         | ({"maybe": b"m"} if i % 2 else {"maybe": None})
         for i in range(40)
     ]
@@ -202,3 +202,6 @@ def test_arrow_table_is_from_pylists_table(chunk_bytes: int) -> None:
     )
     assert a.getvalue() == b.getvalue()
     assert arrow_table([], schema).num_rows == 0
+    # What the fast path does not take goes to Arrow's conversion: str, bytearray, views.
+    odd = [{"uid": "a", "image": "text", "thumb": bytearray(b"t"), "maybe": memoryview(b"m")}]
+    assert arrow_table(odd, schema).equals(pa.Table.from_pylist(odd, schema=schema))
