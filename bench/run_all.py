@@ -8,6 +8,8 @@ runs, as ratios to a baseline timed in the same invocation); this script then re
 machine line at the top. The img2dataset comparison needs img2dataset in its own venv first:
 `python3 -m venv /tmp/i2d && /tmp/i2d/bin/pip install img2dataset` (bench_images.py's
 --img2dataset points at it); a benchmark that fails is reported and the others still run.
+bench_nsfw_int8.py is left out: it needs `onnx`, which the project does not depend on (run it
+by hand after `pip install onnx`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ FULL = [
     ["bench/bench_language.py", "--repeats", "7"],
     ["bench/bench_text_stage.py", "--repeats", "3", "--repeats-large", "1"],
     ["bench/bench_runner_memory.py", "--repeats", "2"],
+    ["bench/bench_phash.py", "--rounds", "7"],
+    ["bench/bench_nsfw_threads.py", "--rounds", "7"],
     ["bench/bench_images.py", "--n", "2000", "--rounds", "3", "--repeats", "9"],
 ]
 QUICK = [
@@ -36,6 +40,8 @@ QUICK = [
     ["bench/bench_language.py", "--repeats", "5"],
     ["bench/bench_text_stage.py", "--sizes", "10000,100000", "--repeats", "3", "--mp-sizes", ""],
     ["bench/bench_runner_memory.py", "--sizes", "10000,100000", "--repeats", "1"],
+    ["bench/bench_phash.py", "--rounds", "5"],
+    ["bench/bench_nsfw_threads.py", "--rounds", "5"],
     ["bench/bench_images.py", "--n", "500", "--small", "125", "--rounds", "3", "--repeats", "5"],
 ]
 
