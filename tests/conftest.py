@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import socket
 import struct
 import threading
@@ -24,6 +25,27 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 WARC_DIR = SHARED_DATA / "warc"
 SAMPLE_WARC = ROOT / "sample" / "crawl.warc.gz"
 LAION_PARQUET = SHARED_DATA / "captions" / "img2dataset_laion_test_1000.parquet"
+
+_TUNED = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "ARROW_DEFAULT_MEMORY_POOL")
+
+
+@pytest.fixture(autouse=True)
+def _untuned_after_each_test() -> Iterator[None]:
+    """`curate run` called in-process tunes this process's allocator and exports the
+    settings for its workers (pipelines/cli.py tune_allocator); the next test starts with
+    the environment and Arrow pool it had, so that a subprocess it starts decides for
+    itself. (glibc's thresholds, once set, stay for the process: they change no result.)"""
+    import pyarrow as pa
+
+    before = {k: os.environ.get(k) for k in _TUNED}
+    pool = pa.default_memory_pool()
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    pa.set_memory_pool(pool)
 
 
 def require(path: Path) -> Path:
