@@ -15,6 +15,7 @@ from typing import Any, Self
 import yaml
 
 from curation import reasons
+from curation.files import normalize_root
 from curation.shards import FORMATS as SHARD_FORMATS
 
 # Placeholder alt-texts: ALIGN §3 names "alt img" as a frequent generic text; the rest are the
@@ -236,7 +237,8 @@ class CurationConfig:
     file_roots: tuple[str, ...] = _opt(
         (),
         "folders (local, file://, gs:// or any filesystem the runner reads) whose images URL "
-        "tables may name by path or file:// URL, relative paths from the table's folder "
+        "tables may name by path or file:// URL, relative paths from the table's folder; "
+        "a relative root is relative to the directory the run starts in "
         "(comma-separated; empty: none, such rows are unsupported_scheme or bad_url)",
         "a table from the web could otherwise read the workers' disks and buckets",
     )
@@ -291,6 +293,10 @@ class CurationConfig:
     )
 
     def __post_init__(self) -> None:
+        # Roots as paths are compared with them, settled where the config is made (the entry
+        # point): a relative root is the user's directory's, not each worker's.
+        roots = tuple(normalize_root(r) for r in self.file_roots if r.strip())
+        object.__setattr__(self, "file_roots", roots)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             base = _base_type(f.type)

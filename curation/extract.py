@@ -12,7 +12,7 @@ from typing import BinaryIO
 from curation import reasons
 from curation.archive import iter_responses
 from curation.config import CurationConfig
-from curation.files import image_path, normalize_root
+from curation.files import image_path
 from curation.html import (
     HTML_MIME_TYPES,
     decode_html,
@@ -82,7 +82,6 @@ def candidates_from_table(
 ) -> Iterator[Candidate]:
     """Yield one candidate per usable row of a URL table (Parquet, CSV, TSV or JSONL)."""
     funnel.add(_READ, reasons.FILES)
-    roots = [normalize_root(r) for r in cfg.file_roots]
     for row, url, caption in iter_table_rows(
         stream, source_file, cfg.url_column, cfg.caption_column
     ):
@@ -99,7 +98,7 @@ def candidates_from_table(
             elif url is None:
                 reason = reasons.NO_IMAGE_URL
             else:
-                image_url, reason = _table_image(url, source_file, roots, cfg.max_url_chars)
+                image_url, reason = _table_image(url, source_file, cfg)
         if reason is not None:
             funnel.add(_EXTRACT, reason)
             continue
@@ -116,12 +115,11 @@ def candidates_from_table(
         )
 
 
-def _table_image(
-    url: str, table_path: str, roots: list[str], max_chars: int
-) -> tuple[str | None, str | None]:
+def _table_image(url: str, table_path: str, cfg: CurationConfig) -> tuple[str | None, str | None]:
     """A table cell as (image URL or path, None) or (None, reason)."""
-    if roots:  # a path under file_roots, or a named reason when it is a path elsewhere
-        path, reason = image_path(url, table_path, roots)
+    max_chars = cfg.max_url_chars
+    if cfg.file_roots:  # a path under file_roots, or a named reason for a path elsewhere
+        path, reason = image_path(url, table_path, cfg.file_roots)
         if path is not None and len(path) > max_chars:
             return None, reasons.URL_OVERSIZED
         if path is not None or reason is not None:

@@ -127,7 +127,8 @@ def read_image_file(
                 reason = reasons.FILE_NOT_FOUND if missing else reasons.FILE_ERROR
                 return FetchResult(path, reason=reason, detail="not a regular file")
         except (OSError, ValueError) as e:
-            return FetchResult(path, reason=reasons.FILE_ERROR, detail=f"{type(e).__name__}: {e}")
+            detail = f"{type(e).__name__}: {e}"[:300]
+            return FetchResult(path, reason=reasons.FILE_ERROR, detail=detail)
     chunks, size = [], 0
     try:
         with open_path(target) as fh:  # the resolved file, as checked

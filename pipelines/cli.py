@@ -369,17 +369,11 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfig:
-    """Settle the config's 'auto' values once the runner is known, and its relative paths
-    (at the entry point)."""
+    """Settle the config's 'auto' values once the runner is known (at the entry point)."""
     import dataclasses
 
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    from curation.files import normalize_root
-
-    # Relative roots are the user's (this directory's), not each worker's.
-    roots = tuple(normalize_root(r) for r in cfg.file_roots if r.strip())
-    cfg = dataclasses.replace(cfg, file_roots=roots)
     if cfg.nsfw_threads != -1:
         return cfg
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()

@@ -26,7 +26,7 @@ from curation.archive import iter_responses, read_response_at
 from curation.config import CurationConfig
 from curation.extract import is_table_path
 from curation.fetch import Fetcher, FetchResult, FetchSettings
-from curation.files import is_image_path, normalize_root, read_image_file
+from curation.files import is_image_path, read_image_file
 from curation.record import Candidate, Rejected, Rejection, fast_pickling
 from curation.stats import Funnel
 from filters.dataset import text_key
@@ -181,7 +181,6 @@ class FetchImagesFn(beam.DoFn):
         # fetched once per host per worker, and the per-host limit holds across steps.
         self.fetcher = _FETCHERS.acquire(lambda: _SharedFetcher(settings), tag=repr(settings))
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.fetch_threads))
-        self.roots = [normalize_root(r) for r in self.cfg.file_roots]
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -193,10 +192,12 @@ class FetchImagesFn(beam.DoFn):
 
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
-        from_web = [u for u, loc in batch if loc is None]
-        # Paths under file_roots (URL tables only): read from their filesystem in every mode.
-        from_files = [u for u in from_web if is_image_path(u)]
-        from_web = [u for u in from_web if not is_image_path(u)]
+        # Paths under file_roots (URL tables only) are read from their filesystem, in every
+        # mode; the rest of what no archive holds is fetched over HTTP.
+        from_web, from_files = [], []
+        for url, loc in batch:
+            if loc is None:
+                (from_files if is_image_path(url) else from_web).append(url)
         read = list(self._read_archives(from_archive))
         for outputs in self.pool.map(lambda ur: self._outputs(*ur), read):
             yield from self._once(outputs)
@@ -220,7 +221,9 @@ class FetchImagesFn(beam.DoFn):
             yield out
 
     def _read_file(self, path: str) -> tuple[bool, list[Any]]:
-        result = read_image_file(path, self.roots, self.cfg.max_image_bytes, _open_uncompressed)
+        result = read_image_file(
+            path, self.cfg.file_roots, self.cfg.max_image_bytes, _open_uncompressed
+        )
         return result.ok, self._outputs(path, _sniffed(result))
 
     def _fetch(self, url: str) -> tuple[bool, list[Any]]:

@@ -161,16 +161,15 @@ def test_a_table_of_paths_end_to_end(tmp_path: Path) -> None:
     assert json.loads((out2 / "stats.json").read_text())["totals"]["extracted"] == 0
 
 
-def test_roots_are_settled_at_the_entry_point(tmp_path: Path, monkeypatch) -> None:
-    """Relative roots are the user's directory's, not each worker's; empty ones are dropped."""
+def test_roots_are_settled_where_the_config_is_made(tmp_path: Path, monkeypatch) -> None:
+    """Relative roots are the directory's the run starts in, not each worker's; empty ones
+    are dropped; a config read from YAML or flags settles them the same way."""
     import dataclasses
 
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     from curation.config import CurationConfig
-    from pipelines.cli import resolve_runtime_defaults
 
     monkeypatch.chdir(tmp_path)
     cfg = dataclasses.replace(CurationConfig(), file_roots=("images/", "", "file:///srv/x/"))
-    settled = resolve_runtime_defaults(cfg, PipelineOptions([]))
-    assert settled.file_roots == (str(tmp_path / "images"), "/srv/x")
+    assert cfg.file_roots == (str(tmp_path / "images"), "/srv/x")
+    loaded = CurationConfig.load(None, {"file_roots": "images, gs://b/imgs/"})
+    assert loaded.file_roots == (str(tmp_path / "images"), "gs://b/imgs")
