@@ -96,8 +96,9 @@ def stage_times(urls: list[str], texts: list[str], sample: int, work: Path) -> d
     """Seconds of each stage's own work over all N, one after the other in this process."""
     from curation.fetch import Fetcher
     from filters.language import detect_language, detect_languages
+    from filters.measure import measure
     from pipelines.dataset_rules import LANGUAGE_BATCH
-    from pipelines.images import fetch_settings, measure
+    from pipelines.images import fetch_settings
 
     cfg = CurationConfig(allow_private_network=True)
     fetcher, out = Fetcher(fetch_settings(cfg)), {}

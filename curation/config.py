@@ -225,6 +225,20 @@ class CurationConfig:
     fetch_threads: int = _opt(
         32, "concurrent requests per worker", "I/O bound; img2dataset runs 32-128 threads"
     )
+    measure_processes: int = _opt(
+        -1,
+        "child processes per worker that decode and hash the fetched images: 0 none (the "
+        "fetch threads do it), -1 auto (one per core on the local in-memory runner, else 0, "
+        "as Dataflow runs an SDK process per core)",
+        "measured: the local runner's image stage uses one core without them "
+        "(bench/bench_images.py)",
+    )
+    measure_timeout: float = _opt(
+        120.0,
+        "seconds a measuring process may take on one image before it is stopped and the "
+        "image tried alone (image_decoder_crashed if it fails again)",
+        "guard: a decoder that hangs on a hostile file must not hold the run",
+    )
     respect_robots: bool = _opt(True, "honour robots.txt (cached per host)", "politeness")
     respect_opt_out: bool = _opt(
         True, "honour X-Robots-Tag noai / noimageai", "img2dataset's default (#245)"
@@ -300,7 +314,7 @@ class CurationConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             base = _base_type(f.type)
-            low = -1 if f.name in ("near_dup_distance", "nsfw_threads") else 0
+            low = -1 if f.name in ("near_dup_distance", "nsfw_threads", "measure_processes") else 0
             if base is int and (not isinstance(value, int) or value < low):
                 raise ConfigError(
                     f"config key '{f.name}': expected an integer >= {low}, got {value!r}"

@@ -99,6 +99,8 @@ def is_transient(reason: str) -> bool:
 IMAGE_TOO_MANY_TEXTS = "image_too_many_texts"  # > max_texts_per_image alt-texts (URL or hash)
 IMAGE_UNREADABLE = "image_unreadable"  # not decodable; detail has Pillow's error
 IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # decompression bomb guard
+# The process measuring this image died or hung on it, twice (once alone): a decoder bug
+IMAGE_DECODER_CRASHED = "image_decoder_crashed"
 IMAGE_TOO_SMALL = "image_too_small"  # shorter side <= 200 px
 IMAGE_ASPECT_RATIO = "image_aspect_ratio"  # aspect ratio >= 3
 EVAL_DUPLICATE = "eval_duplicate"  # near-duplicate of a downstream evaluation image

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -98,7 +99,12 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _error(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}"[:200]
+    # Pillow names the stream it read, with its memory address: dropped, so that a detail
+    # is the same in every run and process.
+    return _ADDRESS.sub("", f"{type(e).__name__}: {e}")[:200]
+
+
+_ADDRESS = re.compile(r" object at 0x[0-9a-fA-F]+")
 
 
 def check_size(header: ImageHeader, cfg: CurationConfig) -> Rejection | None:

@@ -374,14 +374,27 @@ def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfi
 
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    if cfg.nsfw_threads != -1:
+    if cfg.nsfw_threads != -1 and cfg.measure_processes != -1:
         return cfg
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
     mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
     local = runner in ("directrunner", "direct", "fnapirunner") and mode == "in_memory"
-    # In memory, one bundle runs at a time: the model may use every core. Elsewhere several
-    # SDK threads or processes share the cores, and one thread each avoids oversubscription.
-    return dataclasses.replace(cfg, nsfw_threads=0 if local else 1)
+    # In memory, one bundle runs at a time in one process: the model and the measuring may
+    # use every core. Elsewhere several SDK threads or processes share the cores, and one
+    # thread each, measuring in the fetch threads, avoids oversubscription.
+    changes = {}
+    if cfg.nsfw_threads == -1:
+        changes["nsfw_threads"] = 0 if local else 1
+    if cfg.measure_processes == -1:
+        changes["measure_processes"] = _usable_cpus() if local else 0
+    return dataclasses.replace(cfg, **changes)
+
+
+def _usable_cpus() -> int:
+    # The CPUs this process may run on (a container's or taskset's share), where known.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _pipeline_options(beam_args: list[str], paths: list[str] = ()):

@@ -27,23 +27,17 @@ from curation.config import CurationConfig
 from curation.extract import is_table_path
 from curation.fetch import Fetcher, FetchResult, FetchSettings
 from curation.files import is_image_path, read_image_file
-from curation.record import Candidate, Rejected, Rejection, fast_pickling
+from curation.record import Candidate, Rejected, Rejection
 from curation.stats import Funnel
 from filters.dataset import text_key
 from filters.dedup import EvalIndex, bands, smaller_neighbours
-from filters.image import (
-    check_size,
-    decode,
-    image_phash,
-    read_header,
-    resized_jpeg,
-    sha256,
-    sniff_image,
-)
+from filters.image import image_phash, sniff_image
+from filters.measure import ImageInfo, measure
 from filters.nsfw import check_nsfw
 from pipelines import progress
 from pipelines.deadletter import BAD
 from pipelines.joins import LookupJoin
+from pipelines.measure_pool import DEFAULT_TARGET, MeasurePool
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -56,26 +50,6 @@ MEASURE_BAD = "measure_bad"  # dead letters of measuring, which runs in the fetc
 TO_SCORE = "to_score"
 SCORE_CHUNK = 1000  # candidates per NSFW input; more is the rare hot image, scored again
 _IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
-
-
-@fast_pickling
-@dataclasses.dataclass(frozen=True, slots=True)
-class ImageInfo:
-    """One fetched, measured image (keyed by its content hash), without its bytes.
-
-    The bytes (tens of KB) travel in their own collection, keyed by hash: the joins that
-    decide on an image move only this record, and the bytes are joined once, to the
-    survivors (the profile had image bytes through five joins as ~1/3 of the stage).
-    """
-
-    url: str
-    sha256: str
-    phash: str
-    width: int
-    height: int
-    original_width: int
-    original_height: int
-    image_format: str
 
 
 def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:
@@ -162,13 +136,18 @@ class IndexArchiveImagesFn(beam.DoFn):
                     yield resp.url, (path, resp.offset)
 
 
+# What the measuring processes run (tests swap in a faulty one; see pipelines/measure_pool.py).
+MEASURE_TARGET = DEFAULT_TARGET
+
+
 class FetchImagesFn(beam.DoFn):
     """A batch of (url, archive location or None) -> (url, FetchResult), concurrently.
 
-    With `measured`, each fetch thread also measures its image (header, size rule, draft
-    decode, hashes: Pillow and numpy release the GIL, so this uses every core), and the
-    outputs are (url, ImageInfo | Rejection) plus BLOBS (sha256, bytes) for each image that
-    passed, and MEASURE_BAD dead letters for a measurement that raised.
+    With `measured`, each image is also measured as soon as its fetch thread has it (header,
+    size rule, draft decode, hashes): in cfg.measure_processes child processes, or in the
+    fetch thread itself when that is 0. The outputs are then (url, ImageInfo | Rejection)
+    plus BLOBS (sha256, bytes) for each image that passed, and MEASURE_BAD dead letters for
+    a measurement that raised.
     """
 
     def __init__(self, cfg: CurationConfig, measured: bool = False) -> None:
@@ -181,9 +160,22 @@ class FetchImagesFn(beam.DoFn):
         # fetched once per host per worker, and the per-host limit holds across steps.
         self.fetcher = _FETCHERS.acquire(lambda: _SharedFetcher(settings), tag=repr(settings))
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.fetch_threads))
+        # Started with the first image, so that a run that fetches nothing starts none.
+        self.measurer: MeasurePool | None = None
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.measurer is not None:
+            self.measurer.close()
+            self.measurer = None
+
+    def _measure_pool(self) -> MeasurePool | None:
+        # -1 (auto) is settled at the entry point; a config that skipped it measures here.
+        if self.measured and self.cfg.measure_processes > 0 and self.measurer is None:
+            self.measurer = MeasurePool(
+                self.cfg.measure_processes, self.cfg, self.cfg.measure_timeout, MEASURE_TARGET
+            )
+        return self.measurer
 
     def start_bundle(self) -> None:
         # The bytes of one image under many URLs go to the join once per bundle, not once
@@ -191,6 +183,7 @@ class FetchImagesFn(beam.DoFn):
         self.sent: set[str] = set()
 
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
+        self._measure_pool()
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
         # Paths under file_roots (URL tables only) are read from their filesystem, in every
         # mode; the rest of what no archive holds is fetched over HTTP.
@@ -235,7 +228,10 @@ class FetchImagesFn(beam.DoFn):
         if not self.measured:
             return [(url, result)]
         try:
-            outcome = measure(url, result, self.cfg)
+            if self.measurer is not None and result.ok:
+                outcome = self.measurer.measure(url, result.data)  # type: ignore[arg-type]
+            else:
+                outcome = measure(url, result, self.cfg)
         except Exception as exc:  # a dead letter with its traceback, as Beam would make
             failure = (type(exc), repr(exc), traceback.format_exception(exc))
             return [beam.pvalue.TaggedOutput(MEASURE_BAD, ((url, result), failure))]
@@ -327,52 +323,6 @@ class FetchImages(beam.PTransform):
             .with_outputs(BLOBS, MEASURE_BAD, main=GOOD)
             .with_exception_handling()
         )
-
-
-# --- Measuring: header first, then a draft decode for the hash.
-
-
-def measure(
-    url: str, result: FetchResult, cfg: CurationConfig
-) -> tuple[ImageInfo, bytes] | Rejection:
-    """Decode guard, size/aspect rules and hashes for one fetched image: its record, and the
-    bytes the shards store (the original, or the re-encoded JPEG under a resize mode)."""
-    if not result.ok:
-        return Rejection(_FETCH, result.reason or reasons.FETCH_FAILED, result.detail)
-    data = result.data
-    header = read_header(data, cfg.max_image_pixels)
-    if isinstance(header, Rejection):
-        return header
-    rejection = check_size(header, cfg)
-    if rejection is not None:
-        return rejection
-    hashed = image_phash(data)
-    if isinstance(hashed, Rejection):
-        return hashed
-    width, height, stored = header.width, header.height, data
-    if cfg.resize_mode != "none":
-        full = decode(data, min_side=None)
-        if isinstance(full, Rejection):
-            return full
-        stored = resized_jpeg(full, cfg.resize_mode, cfg.resize_max_side, cfg.jpeg_quality)
-        width, height = full.size if cfg.resize_mode == "none" else _size_of(stored)
-    info = ImageInfo(
-        url=url,
-        sha256=sha256(data),
-        phash=hashed,
-        width=width,
-        height=height,
-        original_width=header.width,
-        original_height=header.height,
-        image_format=header.format,
-    )
-    return info, stored
-
-
-def _size_of(data: bytes) -> tuple[int, int]:
-    header = read_header(data, 1 << 62)
-    assert not isinstance(header, Rejection), "our own JPEG must read back"
-    return header.width, header.height
 
 
 def _attach(_url: str, few: dict[str, list[Any]], candidates: Iterator[Candidate]) -> Iterator[Any]:

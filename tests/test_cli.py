@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,8 +134,11 @@ def test_sample_text_stage(tmp_path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "invariant OK: extracted 38 = kept 19 + rejected 19" in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    # The written config is resolved: 'auto' NSFW threads became one per core (local run).
-    assert CurationConfig.from_mapping(cfg) == dataclasses.replace(CurationConfig(), nsfw_threads=0)
+    # The written config is resolved: 'auto' NSFW threads and measuring processes became one
+    # per core (local run).
+    assert CurationConfig.from_mapping(cfg) == dataclasses.replace(
+        CurationConfig(), nsfw_threads=0, measure_processes=len(os.sched_getaffinity(0))
+    )
 
 
 def test_sample_end_to_end_with_images_from_the_archive(tmp_path) -> None:

@@ -59,7 +59,7 @@ def test_exceptions_become_dead_letters(tmp_path, monkeypatch) -> None:
     broken.write_bytes(SAMPLE_WARC.read_bytes())
     out = tmp_path / "out"
     args = ["run", "--input", str(SAMPLE_WARC), str(broken), "--output", str(out)]
-    assert main([*args, "--images-from", "archive"]) == 0
+    assert main([*args, "--images-from", "archive", "--measure-processes", "0"]) == 0
 
     _, rejected, stats = check_invariant(out)
     internal = {r["alt_text"]: r for r in rejected if r["reason"] == reasons.INTERNAL_ERROR}

@@ -1,0 +1,359 @@
+"""Measuring fetched images in child processes: `MeasurePool` runs filters/measure.py's
+`measure_bytes` there, so that the measuring of one worker uses every core, and a decoder
+that crashes or hangs on a hostile file takes down a child, not the worker.
+
+Why processes: a measure is ~1.3 ms of CPU an image (a JPEG draft decode, the pHash), and
+nearly all of it holds the GIL (py-spy). In the fetch threads it ran on one core, and the
+32 fetch threads then waited for the GIL as well. With the local runner's one process, a
+child per core is the only way to the other cores (Beam's multi-process mode costs more in
+its data plane than it gains: session 4's figures in BENCHMARKS.md).
+
+No Beam here: a child imports this module, filters/ and curation/ only (~0.3 s to start).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from curation import reasons
+from curation.config import CurationConfig
+from curation.record import Rejection
+from filters.measure import Measured
+
+_IMAGE = reasons.STAGE_IMAGE
+
+# What a child runs, "module:function" with measure_bytes' signature (tests put a faulty
+# one here); the module must be importable in a fresh interpreter.
+DEFAULT_TARGET = "filters.measure:measure_bytes"
+
+
+# --- The pool of measuring processes.
+#
+# Wire format, both ways over the child's stdin/stdout (its own stdout goes to stderr, so a
+# stray print cannot corrupt it): a request is <id, len(url), len(data)> + url + data; an
+# answer is <id, len(payload)> + pickle of ("ok", Measured) or ("error", type, repr, trace).
+# The first request carries (config, target) and its answer ("ready",) says the child is up.
+_REQUEST = struct.Struct("<QII")
+_ANSWER = struct.Struct("<QI")
+_PIPE_BYTES = 1 << 20  # a pipe this large holds the images queued for a child
+
+
+class MeasureError(RuntimeError):
+    """measure_bytes raised in a child; the message carries the child's traceback."""
+
+
+class _ChildDied(Exception):
+    """The child measuring this image exited or was killed before answering."""
+
+
+class _Child:
+    """One measuring process, the images sent to it and not yet answered, and the thread
+    that reads its answers (so the child never waits for a busy fetch thread)."""
+
+    def __init__(self, cfg: CurationConfig, target: str) -> None:
+        env = dict(os.environ)
+        # The child imports this package as this process does, installed or from a checkout.
+        root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from pipelines.measure_pool import serve; serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            bufsize=0,
+        )
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError, AttributeError):  # Linux only; a size, not a must
+                import fcntl
+
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)  # type: ignore[union-attr]
+        # Two locks: the reader thread takes only `lock`, so a writer blocked on a full pipe
+        # can never keep the reader from draining the answers the child is blocked on.
+        self.lock = threading.Lock()  # guards pending, next_id and dead
+        self.write_lock = threading.Lock()  # one request on the pipe at a time
+        self.pending: dict[int, Future] = {}
+        self.next_id = 1
+        self.dead = False
+        self.ready: Future = self.submit_raw(b"", pickle.dumps((cfg, target), protocol=5))
+        self.reader = threading.Thread(target=self._read_answers, daemon=True)
+        self.reader.start()
+
+    def submit(self, url: str, data: bytes) -> Future:
+        return self.submit_raw(url.encode("utf-8", "surrogatepass"), data)
+
+    def submit_raw(self, url: bytes, data: bytes) -> Future:
+        future: Future = Future()
+        with self.lock:
+            if self.dead:
+                _fail(future, self.describe())
+                return future
+            ident, self.next_id = self.next_id, self.next_id + 1
+            self.pending[ident] = future
+        try:
+            head = _REQUEST.pack(ident, len(url), len(data))
+            with self.write_lock:
+                _write_all(self.proc.stdin.fileno(), head, url, data)  # type: ignore[union-attr]
+        except (OSError, ValueError):  # the child is gone (or closed); its reader fails the rest
+            with self.lock:
+                self.pending.pop(ident, None)
+            _fail(future, self.describe())
+        return future
+
+    def _read_answers(self) -> None:
+        stdout: BinaryIO = self.proc.stdout  # type: ignore[assignment]
+        try:
+            while True:
+                head = _read_exact(stdout, _ANSWER.size)
+                if head is None:
+                    break
+                ident, size = _ANSWER.unpack(head)
+                payload = _read_exact(stdout, size)
+                if payload is None:
+                    break
+                with self.lock:
+                    future = self.pending.pop(ident, None)
+                if future is not None:
+                    future.set_result(pickle.loads(payload))
+        finally:
+            with self.lock:
+                self.dead = True
+                orphans, self.pending = list(self.pending.values()), {}
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                self.proc.wait(5)
+            for future in orphans:
+                _fail(future, self.describe())
+
+    def describe(self) -> str:
+        code = self.proc.returncode
+        if code is None:
+            return "the measuring process stopped answering"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"the measuring process died of {signal.Signals(-code).name}"
+        return f"the measuring process exited with status {code}"
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+
+    def close(self, wait: float) -> None:
+        with self.lock:
+            self.dead = True
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.proc.wait()
+        self.reader.join(5)
+
+
+def _fail(future: Future, why: str) -> None:
+    with contextlib.suppress(InvalidStateError):  # already failed by the other side
+        future.set_exception(_ChildDied(why))
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    # One system call for the whole message where the pipe takes it (each call lets go of
+    # the GIL, and getting it back is the slow part under 32 busy threads).
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    data = stream.read(size)
+    while data is not None and 0 < len(data) < size:
+        more = stream.read(size - len(data))
+        if not more:
+            return None
+        data += more
+    return data if data and len(data) == size else (b"" if size == 0 else None)
+
+
+class MeasurePool:
+    """`measure_bytes` in `processes` child processes, called from many threads at once.
+
+    A call blocks its thread, not the GIL. Each child works through its queue while the
+    threads that wait for it are parked. An image on which a child dies, or which takes
+    longer than `timeout` seconds, is measured once more, alone, in a quarantine child: only
+    if that one dies too does the image get `image_decoder_crashed`, so the images that
+    shared the first child with it are measured as usual. An exception raised by
+    measure_bytes comes back as MeasureError with the child's traceback.
+    """
+
+    def __init__(
+        self,
+        processes: int,
+        cfg: CurationConfig,
+        timeout: float = 120.0,
+        target: str = DEFAULT_TARGET,
+    ) -> None:
+        if processes < 1:
+            raise ValueError(f"a MeasurePool needs at least one process, got {processes}")
+        self.cfg, self.timeout, self.target = cfg, timeout, target
+        self._lock = threading.Lock()
+        # Not awaited here: the children start (~0.3 s, imports) while the first images
+        # are fetched; a call waits for its child only if that child is not up yet.
+        self._children = [self._start() for _ in range(processes)]
+        self._alone_lock = threading.Lock()
+        self._alone: _Child | None = None
+        self._closed = False
+
+    def _start(self) -> _Child:
+        return _Child(self.cfg, self.target)
+
+    def _await_ready(self, child: _Child) -> None:
+        try:
+            answer = child.ready.result(60)
+        except (_ChildDied, FutureTimeout) as e:
+            child.kill()
+            raise RuntimeError(
+                f"a measuring process did not start ({child.describe()}); its error is on "
+                "stderr above. Run with --measure-processes 0 to measure in this process."
+            ) from e
+        if answer != ("ready",):
+            child.kill()
+            raise RuntimeError(f"a measuring process could not load its function: {answer}")
+
+    def measure(self, url: str, data: bytes) -> Measured:
+        """measure_bytes(url, data, cfg), in a child; blocks the calling thread."""
+        child = self._child()
+        try:
+            answer = child.submit(url, data).result(self.timeout)
+        except _ChildDied:
+            return self._alone_retry(url, data)
+        except FutureTimeout:
+            # It may be this image or one queued before it: the child goes, and each of
+            # its images is tried again alone.
+            child.kill()
+            return self._alone_retry(url, data)
+        return _unpack(answer, data)
+
+    def _child(self) -> _Child:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the MeasurePool is closed")
+            for i, child in enumerate(self._children):
+                if child.dead:
+                    self._children[i] = self._start()  # its ready answer is awaited below
+            child = min(self._children, key=lambda c: len(c.pending))
+        if child.ready.done():
+            return child
+        self._await_ready(child)
+        return child
+
+    def _alone_retry(self, url: str, data: bytes) -> Measured:
+        with self._alone_lock:
+            if self._alone is None or self._alone.dead:
+                self._alone = self._start()
+                self._await_ready(self._alone)
+            child = self._alone
+            try:
+                answer = child.submit(url, data).result(self.timeout)
+            except _ChildDied:
+                return Rejection(_IMAGE, reasons.IMAGE_DECODER_CRASHED, child.describe())
+            except FutureTimeout:
+                child.kill()
+                detail = f"no answer within {self.timeout:g} s"
+                return Rejection(_IMAGE, reasons.IMAGE_DECODER_CRASHED, detail)
+        return _unpack(answer, data)
+
+    def close(self, wait: float = 10.0) -> None:
+        """Stop every child (each also stops by itself when this process's pipes close)."""
+        with self._lock:
+            self._closed = True
+            children, self._children = self._children, []
+        if self._alone is not None:
+            children.append(self._alone)
+        for child in children:
+            child.close(wait)
+
+    def __enter__(self) -> MeasurePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unpack(answer: tuple[Any, ...], data: bytes) -> Measured:
+    if answer[0] == "error":
+        _, kind, text, trace = answer
+        raise MeasureError(f"{kind}: {text}\n\nIn the measuring process:\n{trace}")
+    outcome = answer[1]
+    if not isinstance(outcome, Rejection) and outcome[1] is None:
+        return outcome[0], data  # the stored bytes are the original: not sent back
+    return outcome
+
+
+def serve() -> None:
+    """A child's loop: read requests from stdin, answer on stdout, until stdin closes."""
+    # Answers go on a copy of stdout; the real one is pointed at stderr for stray prints.
+    out = os.dup(1)
+    os.dup2(2, 1)
+    # Ctrl-C reaches the whole process group: the parent stops us by closing our stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inp = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+    first = _read_request(inp)
+    if first is None:
+        return
+    try:
+        cfg, target = pickle.loads(first[2])
+        fn = _load(target)
+        _answer(out, first[0], ("ready",))
+    except Exception as e:
+        _answer(out, first[0], ("failed", repr(e)))
+        return
+    while (request := _read_request(inp)) is not None:
+        ident, url, data = request
+        try:
+            outcome = fn(url, data, cfg)
+            if not isinstance(outcome, Rejection) and outcome[1] is data:
+                outcome = (outcome[0], None)  # the parent has these bytes
+            answer: tuple[Any, ...] = ("ok", outcome)
+        except Exception as e:
+            trace = "".join(traceback.format_exception(e))
+            answer = ("error", type(e).__name__, repr(e)[:500], trace)
+        _answer(out, ident, answer)
+
+
+def _read_request(inp: BinaryIO) -> tuple[int, str, bytes] | None:
+    head = _read_exact(inp, _REQUEST.size)
+    if head is None:
+        return None
+    ident, url_len, data_len = _REQUEST.unpack(head)
+    url = _read_exact(inp, url_len)
+    data = _read_exact(inp, data_len)
+    if url is None or data is None:
+        return None
+    return ident, url.decode("utf-8", "surrogatepass"), data
+
+
+def _answer(out: int, ident: int, answer: tuple[Any, ...]) -> None:
+    payload = pickle.dumps(answer, protocol=5)
+    _write_all(out, _ANSWER.pack(ident, len(payload)), payload)
+
+
+def _load(target: str) -> Callable[[str, bytes, CurationConfig], Measured]:
+    module, _, name = target.partition(":")
+    mod = __import__(module, fromlist=[name])
+    return getattr(mod, name)
