@@ -29,11 +29,12 @@ from PIL import Image
 
 from curation.config import CurationConfig
 from curation.record import Rejection
-from filters.image import HASH_SIDE, decode, phash
+from filters.image import HASH_SIDE, decode, image_phash, phash
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 START, END = "<!-- bench_phash:start -->", "<!-- bench_phash:end -->"
 BASE = 256
+OURS = (HASH_SIDE, True)  # what filters.image.image_phash does
 
 
 def _jpeg(im: Image.Image, quality: int = 85) -> bytes:
@@ -62,9 +63,22 @@ def hamming(a: str, b: str) -> int:
     return (int(a, 16) ^ int(b, 16)).bit_count()
 
 
-def hash_at(data: bytes, side: int) -> str | None:
-    im = decode(data, min_side=side)
+# A way to hash: (shorter side decoded, JPEG decoded to its luma alone).
+Variant = tuple[int, bool]
+
+
+def hash_at(data: bytes, variant: Variant) -> str | None:
+    side, grey = variant
+    im = decode(data, min_side=side, grey=grey)
     return None if isinstance(im, Rejection) else phash(im)
+
+
+def label(variant: Variant) -> str:
+    side, grey = variant
+    text = f"{side}, luma" if grey else f"{side}"
+    if variant == OURS:
+        return f"{text} (image_phash)"
+    return f"{text} (before)" if variant == (BASE, False) else text
 
 
 def photos() -> tuple[list[bytes], list[bytes], list[bytes]]:
@@ -79,8 +93,10 @@ def photos() -> tuple[list[bytes], list[bytes], list[bytes]]:
     return [data for _, data in everything], read(evals), read(unrelated)
 
 
-def timed(images: Sequence[bytes], sides: Sequence[int], rounds: int) -> dict[int, list[float]]:
-    times: dict[int, list[float]] = {s: [] for s in sides}
+def timed(
+    images: Sequence[bytes], sides: Sequence[Variant], rounds: int
+) -> dict[Variant, list[float]]:
+    times: dict[Variant, list[float]] = {s: [] for s in sides}
     for r in range(rounds + 1):  # the first round warms up
         for side in [*sides[r % len(sides) :], *sides[: r % len(sides)]]:
             t0 = time.perf_counter()
@@ -91,7 +107,7 @@ def timed(images: Sequence[bytes], sides: Sequence[int], rounds: int) -> dict[in
     return times
 
 
-def distances(evals: list[bytes], unrelated: list[bytes], side: int) -> dict[str, list[int]]:
+def distances(evals: list[bytes], unrelated: list[bytes], side: Variant) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {name: [] for name in COPIES}
     for data in evals:
         original = Image.open(io.BytesIO(data)).convert("RGB")
@@ -112,11 +128,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):  # one core: less migration noise on a shared box
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
-    sides = sorted({BASE, HASH_SIDE, 64, 32}, reverse=True)
+    sides: list[Variant] = [(BASE, False), (HASH_SIDE, False), OURS, (64, False), (32, False)]
     images, evals, unrelated = photos()
+    for data in images:  # the row marked image_phash is what the pipeline computes
+        ours = image_phash(data)
+        assert hash_at(data, OURS) == (None if isinstance(ours, Rejection) else ours)
     times = timed(images, sides, args.rounds)
     photo_times = timed(evals, sides, args.rounds)  # JPEG photos of web size
-    base_hashes = [hash_at(d, BASE) for d in images]
+    base = (BASE, False)
+    base_hashes = [hash_at(d, base) for d in images]
     speed = [
         f"| decode: shorter side >= | all {len(images)}: ms/image | × 256 (min–max) "
         f"| the {len(evals)} JPEG photos: ms/image | × 256 (min–max) | hashes moved "
@@ -124,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "|--:|--:|--:|--:|--:|--:|--:|",
     ]
 
-    def cells(t: dict[int, list[float]], side: int) -> str:
-        ratios = [a / b for a, b in zip(t[side], t[BASE], strict=True)]
+    def cells(t: dict[Variant, list[float]], side: Variant) -> str:
+        ratios = [a / b for a, b in zip(t[side], t[base], strict=True)]
         return (
             f"{1e3 * statistics.median(t[side]):.2f} "
             f"| {statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
@@ -133,19 +153,18 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     for side in sides:
         moved = [hamming(a, hash_at(d, side)) for a, d in zip(base_hashes, images, strict=True)]
-        mark = " (HASH_SIDE)" if side == HASH_SIDE else " (before)" if side == BASE else ""
         speed.append(
-            f"| {side}{mark} | {cells(times, side)} | {cells(photo_times, side)} "
+            f"| {label(side)} | {cells(times, side)} | {cells(photo_times, side)} "
             f"| {sum(m > 0 for m in moved)} of {len(moved)} "
             f"| {statistics.mean(moved):.2f} / {max(moved)} |"
         )
     dist = {s: distances(evals, unrelated, s) for s in sides}
-    head = " | ".join(f">= {s}" for s in sides)
+    head = " | ".join(f">= {label(s)}" for s in sides)
     rows = [
         f"| pHash distance (range over the {len(evals)} photos) | {head} |",
         "|---" + "|--:" * len(sides) + "|",
     ]
-    for name in dist[BASE]:
+    for name in dist[base]:
         ranges = " | ".join(f"{min(dist[s][name])}–{max(dist[s][name])}" for s in sides)
         rows.append(f"| {name} | {ranges} |")
     cfg = CurationConfig()
@@ -154,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 {datetime.date.today().isoformat()}, `python bench/bench_phash.py --rounds {args.rounds}
 --write`. Machine: {common.machine(["pillow", "imagehash"])}. {len(images)} readable photos
 of `../shared/data` (images/ and evalsets/), in memory, one process pinned to one core;
-decode (JPEG draft mode where the format allows) + pHash, medians over {args.rounds} rounds
+decode (JPEG draft mode where the format allows; "luma": a JPEG decoded to its Y channel
+alone, which is what `image_phash` does) + pHash, medians over {args.rounds} rounds
 after a warm-up, the sizes interleaved (order rotated), ratio = per-round time over the
 >= {BASE} time of the same round. Moved = the hash differs from the >= {BASE} hash of the
 same image (all photos). The {len(evals)} evaluation photos are JPEGs of ~640 × 480, the size

@@ -136,9 +136,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode(data: bytes, min_side: int | None = THUMBNAIL_SIDE) -> Image.Image | Rejection:
+def decode(
+    data: bytes, min_side: int | None = THUMBNAIL_SIDE, grey: bool = False
+) -> Image.Image | Rejection:
     """Decode the first frame to RGB, upright; with `min_side`, as small as JPEG draft allows
-    while keeping both sides >= min_side."""
+    while keeping both sides >= min_side. With `grey`, a colour JPEG is decoded to its luma
+    alone (mode L), all that a pHash reads; other images still come back as RGB."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -147,11 +150,12 @@ def decode(data: bytes, min_side: int | None = THUMBNAIL_SIDE) -> Image.Image | 
             if min_side and im.format == "JPEG":
                 w, h = im.size
                 scale = min(w, h) / min_side
-                if scale >= 2:
-                    im.draft("RGB", (int(w / scale) + 1, int(h / scale) + 1))
+                size = (int(w / scale) + 1, int(h / scale) + 1) if scale >= 2 else None
+                if size or grey:
+                    im.draft("L" if grey else "RGB", size)
             im.load()
             im = ImageOps.exif_transpose(im) or im
-            return to_rgb(im)
+            return im if grey and im.mode == "L" else to_rgb(im)
     except DECODE_ERRORS as e:
         return Rejection(_STAGE, reasons.IMAGE_UNREADABLE, _error(e))
 
@@ -164,7 +168,12 @@ def phash(im: Image.Image) -> str:
 def image_phash(data: bytes) -> str | Rejection:
     """The pHash of encoded image bytes, decoded only as large as the hash needs (the one
     way candidates and evaluation images are hashed, so that their distances compare)."""
-    im = decode(data, min_side=HASH_SIDE)
+    # A JPEG's own luma (its Y channel, the ITU-R 601 weights that imagehash's RGB -> L
+    # conversion uses too), not RGB converted back: no colour conversion or chroma
+    # upsampling. 0.88x the time of decode + pHash on the benchmark corpus; hashes are
+    # within 2 bits of the RGB path's (8 of 600 moved), distances as before
+    # (bench/bench_phash.py).
+    im = decode(data, min_side=HASH_SIDE, grey=True)
     return im if isinstance(im, Rejection) else phash(im)
 
 
