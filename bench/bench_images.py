@@ -212,6 +212,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         Tool("ours: curate run (NSFW on, the default)", ours(), ours_kept),
         Tool("ours: curate run --nsfw false", ours(["--nsfw", "false"]), ours_kept),
         Tool(
+            "ours: curate run --nsfw false --measure-processes 0",
+            ours(["--nsfw", "false", "--measure-processes", "0"]),
+            ours_kept,
+        ),
+        Tool(
             f"img2dataset, --number_sample_per_shard {per_shard}",
             i2d(args.img2dataset, per_shard),
             i2d_kept,
@@ -306,14 +311,17 @@ on {args.hosts} ports of 127.0.0.1, which our fetcher counts as {args.hosts} hos
 (`per_host_connections` = 4 each), with robots.txt allowing all; the URL list is one Parquet
 file (columns url, caption) read by both tools. Ours:
 `curate run --input LIST --output OUT --overwrite --images-from http --allow-private-network true`
-(in-memory Beam runner, one process, 32 fetch threads that also measure each image; open_nsfw
-on both cores; the venv holds torch for the trainer, which Beam's RunInference module imports
-at start, 1.8 s, a pipeline-only install does not pay it). img2dataset:
+(in-memory Beam runner, one process, 32 fetch threads that hand each image to a measuring
+child process, one per core; `--measure-processes 0` measures in the fetch threads, as before
+session 5; open_nsfw on both cores; the venv holds torch for the trainer, which Beam's
+RunInference module imports at start, 1.8 s, a pipeline-only install does not pay it).
+img2dataset:
 `--input_format parquet --url_col url --caption_col caption --output_format webdataset
 --processes_count 2 --thread_count 32 --resize_mode no --timeout 10`; its default shard of
 10,000 URLs puts the whole list in one shard, so one of its two processes does all the work;
 the `--number_sample_per_shard` run splits it into 4 shards. Each run on the {args.n:,} URLs
-and on the first {args.small:,}; {args.rounds} rounds, the 8 runs interleaved (order rotated),
+and on the first {args.small:,}; {args.rounds} rounds, the {2 * len(tools)} runs interleaved
+(order rotated),
 each a fresh process with a {args.timeout:.0f} s limit. Ratio = our kept images/s over
 img2dataset's (default run) in the same round; "at scale" = (kept at {args.n:,} − kept at
 {args.small:,}) / (wall at {args.n:,} − wall at {args.small:,}), the rate once started.
