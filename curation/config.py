@@ -321,6 +321,8 @@ class CurationConfig:
                 )
             if base is float and (not isinstance(value, int | float) or value < 0):
                 raise ConfigError(f"config key '{f.name}': expected a number >= 0, got {value!r}")
+        if self.measure_timeout <= 0:
+            raise ConfigError("config key 'measure_timeout': must be above 0")
         if self.min_unigrams > self.max_unigrams:
             raise ConfigError(
                 f"config key 'min_unigrams' ({self.min_unigrams}) exceeds "

@@ -386,7 +386,8 @@ def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfi
     if cfg.nsfw_threads == -1:
         changes["nsfw_threads"] = 0 if local else 1
     if cfg.measure_processes == -1:
-        changes["measure_processes"] = _usable_cpus() if local else 0
+        # More children than fetch threads would never all be busy.
+        changes["measure_processes"] = min(_usable_cpus(), max(1, cfg.fetch_threads)) if local else 0
     return dataclasses.replace(cfg, **changes)
 
 

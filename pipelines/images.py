@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from filters.nsfw import check_nsfw
 from pipelines import progress
 from pipelines.deadletter import BAD
 from pipelines.joins import LookupJoin
-from pipelines.measure_pool import DEFAULT_TARGET, MeasurePool
+from pipelines.measure_pool import DEFAULT_TARGET, MeasurePool, PoolUnavailable
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -162,6 +163,7 @@ class FetchImagesFn(beam.DoFn):
         self.pool = ThreadPoolExecutor(max_workers=max(1, self.cfg.fetch_threads))
         # Started with the first image, so that a run that fetches nothing starts none.
         self.measurer: MeasurePool | None = None
+        self.pool_unavailable = False
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -171,11 +173,22 @@ class FetchImagesFn(beam.DoFn):
 
     def _measure_pool(self) -> MeasurePool | None:
         # -1 (auto) is settled at the entry point; a config that skipped it measures here.
-        if self.measured and self.cfg.measure_processes > 0 and self.measurer is None:
-            self.measurer = MeasurePool(
-                self.cfg.measure_processes, self.cfg, self.cfg.measure_timeout, MEASURE_TARGET
-            )
+        wanted = self.measured and self.cfg.measure_processes > 0
+        if wanted and self.measurer is None and not self.pool_unavailable:
+            try:
+                self.measurer = MeasurePool(
+                    self.cfg.measure_processes, self.cfg, self.cfg.measure_timeout, MEASURE_TARGET
+                )
+            except PoolUnavailable as e:
+                self._without_pool(e)
         return self.measurer
+
+    def _without_pool(self, why: PoolUnavailable) -> None:
+        # The children are a speed-up, not a rule: without them every image is measured
+        # the same way, here. Said once, loudly, rather than as a dead letter per image.
+        if not self.pool_unavailable:
+            self.pool_unavailable = True
+            logging.getLogger(__name__).warning("%s", why)
 
     def start_bundle(self) -> None:
         # The bytes of one image under many URLs go to the join once per bundle, not once
@@ -228,9 +241,14 @@ class FetchImagesFn(beam.DoFn):
         if not self.measured:
             return [(url, result)]
         try:
-            if self.measurer is not None and result.ok:
-                outcome = self.measurer.measure(url, result.data)  # type: ignore[arg-type]
-            else:
+            outcome = None
+            pool = self.measurer
+            if pool is not None and result.ok and not self.pool_unavailable:
+                try:
+                    outcome = pool.measure(url, result.data)  # type: ignore[arg-type]
+                except PoolUnavailable as e:
+                    self._without_pool(e)
+            if outcome is None:
                 outcome = measure(url, result, self.cfg)
         except Exception as exc:  # a dead letter with its traceback, as Beam would make
             failure = (type(exc), repr(exc), traceback.format_exception(exc))

@@ -9,6 +9,7 @@ child per core is the only way to the other cores (Beam's multi-process mode cos
 its data plane than it gains: session 4's figures in BENCHMARKS.md).
 
 No Beam here: a child imports this module, filters/ and curation/ only (~0.3 s to start).
+The children isolate crashes and hangs, not attacks: their answers are unpickled here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import traceback
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -46,13 +49,17 @@ DEFAULT_TARGET = "filters.measure:measure_bytes"
 # stray print cannot corrupt it): a request is <id, len(url), len(data)> + url + data; an
 # answer is <id, len(payload)> + pickle of ("ok", Measured) or ("error", type, repr, trace).
 # The first request carries (config, target) and its answer ("ready",) says the child is up.
-_REQUEST = struct.Struct("<QII")
-_ANSWER = struct.Struct("<QI")
+_REQUEST = struct.Struct("<QIQ")
+_ANSWER = struct.Struct("<QQ")
 _PIPE_BYTES = 1 << 20  # a pipe this large holds the images queued for a child
 
 
 class MeasureError(RuntimeError):
     """measure_bytes raised in a child; the message carries the child's traceback."""
+
+
+class PoolUnavailable(RuntimeError):
+    """The measuring processes cannot start here (the message says why); measure in-process."""
 
 
 class _ChildDied(Exception):
@@ -83,7 +90,7 @@ class _Child:
         # Two locks: the reader thread takes only `lock`, so a writer blocked on a full pipe
         # can never keep the reader from draining the answers the child is blocked on.
         self.lock = threading.Lock()  # guards pending, next_id and dead
-        self.write_lock = threading.Lock()  # one request on the pipe at a time
+        self.write_lock = threading.Lock()  # one request on the pipe at a time; stdin open
         self.pending: dict[int, Future] = {}
         self.next_id = 1
         self.dead = False
@@ -125,11 +132,15 @@ class _Child:
                     break
                 with self.lock:
                     future = self.pending.pop(ident, None)
-                if future is not None:
+                if future is None:
+                    continue
+                try:
                     future.set_result(pickle.loads(payload))
+                except Exception as e:  # an answer that does not unpickle: this call's error
+                    future.set_exception(MeasureError(f"unreadable answer: {e!r}"))
         finally:
+            self.kill()  # no one reads its answers any more (a no-op if it has exited)
             with self.lock:
-                self.dead = True
                 orphans, self.pending = list(self.pending.values()), {}
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 self.proc.wait(5)
@@ -146,14 +157,25 @@ class _Child:
         return f"the measuring process exited with status {code}"
 
     def kill(self) -> None:
+        """Stop the child now; from here on nothing is sent to it."""
+        with self.lock:
+            self.dead = True  # before the signal: no caller may queue behind a dying child
         with contextlib.suppress(OSError):
             self.proc.kill()
 
     def close(self, wait: float) -> None:
         with self.lock:
             self.dead = True
+        # stdin is closed only with the write lock held: a writer still in a partial write
+        # would otherwise go on writing to whatever file reuses its descriptor number.
+        if not self.write_lock.acquire(timeout=wait):
+            self.kill()  # the blocked writer now gets EPIPE and lets go
+            self.write_lock.acquire()
+        try:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()  # type: ignore[union-attr]
+        finally:
+            self.write_lock.release()
         try:
             self.proc.wait(wait)
         except subprocess.TimeoutExpired:
@@ -190,15 +212,25 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
     return data if data and len(data) == size else (b"" if size == 0 else None)
 
 
+def _kill_all(procs: list[subprocess.Popen]) -> None:
+    # At interpreter exit (or when the pool is collected) without close(): a child that
+    # hangs in a decoder would otherwise outlive us.
+    for proc in procs:
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
 class MeasurePool:
     """`measure_bytes` in `processes` child processes, called from many threads at once.
 
     A call blocks its thread, not the GIL. Each child works through its queue while the
     threads that wait for it are parked. An image on which a child dies, or which takes
-    longer than `timeout` seconds, is measured once more, alone, in a quarantine child: only
-    if that one dies too does the image get `image_decoder_crashed`, so the images that
-    shared the first child with it are measured as usual. An exception raised by
-    measure_bytes comes back as MeasureError with the child's traceback.
+    longer than `timeout` seconds (from when it was queued), is measured once more, alone,
+    in a quarantine child: only if that one dies too does the image get
+    `image_decoder_crashed`, so the images that shared the first child with it are measured
+    as usual. An exception raised by measure_bytes comes back as MeasureError with the
+    child's traceback. If a child cannot start (its function does not import, or no process
+    can be made), every call raises PoolUnavailable at once: the caller measures itself.
     """
 
     def __init__(
@@ -210,30 +242,49 @@ class MeasurePool:
     ) -> None:
         if processes < 1:
             raise ValueError(f"a MeasurePool needs at least one process, got {processes}")
+        if timeout <= 0:
+            raise ValueError(f"a MeasurePool needs a timeout above 0 s, got {timeout}")
         self.cfg, self.timeout, self.target = cfg, timeout, target
-        self._lock = threading.Lock()
-        # Not awaited here: the children start (~0.3 s, imports) while the first images
-        # are fetched; a call waits for its child only if that child is not up yet.
-        self._children = [self._start() for _ in range(processes)]
+        self._lock = threading.Lock()  # guards _children, _started, _closed, _unavailable
+        self._closed = False
+        self._unavailable: PoolUnavailable | None = None
+        self._started: list[subprocess.Popen] = []
+        self._finalizer = weakref.finalize(self, _kill_all, self._started)
         self._alone_lock = threading.Lock()
         self._alone: _Child | None = None
-        self._closed = False
+        # Not awaited here: the children start (~0.3 s, imports) while the first images
+        # are fetched; a call waits for its child only if that child is not up yet.
+        with self._lock:
+            self._children = [self._start() for _ in range(processes)]
 
     def _start(self) -> _Child:
-        return _Child(self.cfg, self.target)
+        # Called with self._lock held.
+        if self._closed:
+            raise RuntimeError("the MeasurePool is closed")
+        if self._unavailable is not None:
+            raise self._unavailable
+        try:
+            child = _Child(self.cfg, self.target)
+        except OSError as e:
+            self._unavailable = PoolUnavailable(f"cannot start a measuring process: {e}")
+            raise self._unavailable from e
+        self._started.append(child.proc)
+        return child
 
     def _await_ready(self, child: _Child) -> None:
         try:
             answer = child.ready.result(60)
-        except (_ChildDied, FutureTimeout) as e:
+        except (_ChildDied, FutureTimeout):
             child.kill()
-            raise RuntimeError(
-                f"a measuring process did not start ({child.describe()}); its error is on "
-                "stderr above. Run with --measure-processes 0 to measure in this process."
-            ) from e
+            answer = ("failed", child.describe())
         if answer != ("ready",):
             child.kill()
-            raise RuntimeError(f"a measuring process could not load its function: {answer}")
+            with self._lock:
+                self._unavailable = self._unavailable or PoolUnavailable(
+                    f"a measuring process could not start: {answer[-1]} (its error is on "
+                    "stderr); measuring in the fetch threads instead"
+                )
+                raise self._unavailable
 
     def measure(self, url: str, data: bytes) -> Measured:
         """measure_bytes(url, data, cfg), in a child; blocks the calling thread."""
@@ -251,21 +302,22 @@ class MeasurePool:
 
     def _child(self) -> _Child:
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the MeasurePool is closed")
+            if self._unavailable is not None:
+                raise self._unavailable
             for i, child in enumerate(self._children):
                 if child.dead:
                     self._children[i] = self._start()  # its ready answer is awaited below
+            if not self._children:
+                raise RuntimeError("the MeasurePool is closed")
             child = min(self._children, key=lambda c: len(c.pending))
-        if child.ready.done():
-            return child
-        self._await_ready(child)
+        self._await_ready(child)  # at once when it is up
         return child
 
     def _alone_retry(self, url: str, data: bytes) -> Measured:
         with self._alone_lock:
             if self._alone is None or self._alone.dead:
-                self._alone = self._start()
+                with self._lock:
+                    self._alone = self._start()
                 self._await_ready(self._alone)
             child = self._alone
             try:
@@ -283,10 +335,14 @@ class MeasurePool:
         with self._lock:
             self._closed = True
             children, self._children = self._children, []
-        if self._alone is not None:
-            children.append(self._alone)
+        with self._alone_lock:
+            if self._alone is not None:
+                children.append(self._alone)
+                self._alone = None
+        deadline = time.monotonic() + wait
         for child in children:
-            child.close(wait)
+            child.close(max(0.1, deadline - time.monotonic()))
+        self._finalizer()  # anything still running (none, normally)
 
     def __enter__(self) -> MeasurePool:
         return self
@@ -312,6 +368,7 @@ def serve() -> None:
     os.dup2(2, 1)
     # Ctrl-C reaches the whole process group: the parent stops us by closing our stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     inp = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
     first = _read_request(inp)
     if first is None:
@@ -329,11 +386,19 @@ def serve() -> None:
             outcome = fn(url, data, cfg)
             if not isinstance(outcome, Rejection) and outcome[1] is data:
                 outcome = (outcome[0], None)  # the parent has these bytes
-            answer: tuple[Any, ...] = ("ok", outcome)
-        except Exception as e:
+            payload = pickle.dumps(("ok", outcome), protocol=5)
+        except BaseException as e:  # SystemExit too: an answer, not a dead child
             trace = "".join(traceback.format_exception(e))
-            answer = ("error", type(e).__name__, repr(e)[:500], trace)
-        _answer(out, ident, answer)
+            payload = pickle.dumps(("error", type(e).__name__, repr(e)[:500], trace), protocol=5)
+        _write_all(out, _ANSWER.pack(ident, len(payload)), payload)
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A child stuck in a decoder never reads its closed stdin: if the parent is gone (even
+    # killed, with no chance to stop us), leave.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _read_request(inp: BinaryIO) -> tuple[int, str, bytes] | None:

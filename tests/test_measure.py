@@ -5,8 +5,12 @@ run. Children are real processes; every wait here is bounded by the pool's timeo
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +22,7 @@ from curation.record import Rejection
 from filters.measure import measure_bytes
 from pipelines import images
 from pipelines.cli import main, resolve_runtime_defaults
-from pipelines.measure_pool import MeasureError, MeasurePool
+from pipelines.measure_pool import MeasureError, MeasurePool, PoolUnavailable
 from tests.conftest import SAMPLE_WARC, SHARED_DATA, jpeg_bytes, require
 from tests.test_cli import check_invariant
 
@@ -94,12 +98,100 @@ def test_an_exception_comes_back_with_the_childs_traceback() -> None:
         )
 
 
-def test_a_child_that_cannot_start_says_so() -> None:
+def test_a_child_that_cannot_start_makes_the_pool_unavailable_once() -> None:
+    """A function that does not import: one child is tried, and every call then raises
+    PoolUnavailable at once (the fetch step measures in its threads instead), with no
+    new interpreter per image."""
     pool = MeasurePool(1, CurationConfig(), timeout=30, target="no_such_module:f")
-    with pool, pytest.raises(RuntimeError, match=r"could not load its function.*no_such_module"):
-        pool.measure("http://a.example/x.jpg", b"")
+    with pool:
+        for _ in range(10):
+            with pytest.raises(PoolUnavailable, match=r"could not start.*no_such_module"):
+                pool.measure("http://a.example/x.jpg", b"")
+        assert len(pool._started) == 1
     with pytest.raises(ValueError, match="at least one process"):
         MeasurePool(0, CurationConfig())
+    with pytest.raises(ValueError, match="timeout above 0"):
+        MeasurePool(1, CurationConfig(), timeout=0)
+    with pytest.raises(ConfigError, match="measure_timeout"):
+        CurationConfig(measure_timeout=0)
+
+
+def test_one_hang_costs_one_image() -> None:
+    """A hung image queued with good ones on one child: the good ones are measured (again,
+    alone), the hung one alone is rejected; no good image is lost to the killed child."""
+    cfg = CurationConfig()
+    good = [(f"http://a.example/{i}.jpg", jpeg_bytes((300 + i, 250))) for i in range(7)]
+    items = [("http://a.example/hang.jpg", good[0][1]), *good]
+    with MeasurePool(1, cfg, timeout=1.0, target=FAULTY) as pool, ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda item: pool.measure(*item), items))
+    assert [g.reason for g in got if isinstance(g, Rejection)] == [reasons.IMAGE_DECODER_CRASHED]
+    assert isinstance(got[0], Rejection)
+    assert got[1:] == [measure_bytes(url, data, cfg) for url, data in good]
+
+
+def test_an_unreadable_answer_is_that_calls_error() -> None:
+    with MeasurePool(1, CurationConfig(), timeout=30, target=FAULTY) as pool:
+        with pytest.raises(MeasureError, match="unreadable answer"):
+            pool.measure("http://a.example/unpicklable.jpg", b"")
+        data = jpeg_bytes((300, 250))
+        assert not isinstance(pool.measure("http://a.example/x.jpg", data), Rejection)
+
+
+def test_close_during_calls_leaves_no_process() -> None:
+    """close() while threads are still sending images: every call ends (an answer or an
+    error), and no child, the quarantine one included, is left running."""
+    pool = MeasurePool(2, CurationConfig(), timeout=30)
+    data = jpeg_bytes((2000, 1500))
+
+    def call(i: int) -> object:
+        try:
+            return pool.measure(f"http://a.example/{i}.jpg", data)
+        except RuntimeError as e:
+            return e
+
+    with ThreadPoolExecutor(8) as ex:
+        futures = [ex.submit(call, i) for i in range(200)]
+        time.sleep(0.5)
+        pool.close(wait=0.2)
+        done = [f.result(timeout=60) for f in futures]
+    assert len(done) == 200
+    for proc in pool._started:
+        assert proc.wait(timeout=10) is not None
+
+
+def test_a_child_leaves_when_its_parent_is_killed(tmp_path) -> None:
+    """The parent killed outright (no close, no atexit): a child stuck on an image exits
+    by itself within seconds instead of running on."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, threading, time\n"
+        "from curation.config import CurationConfig\n"
+        "from pipelines.measure_pool import MeasurePool\n"
+        f"pool = MeasurePool(1, CurationConfig(), timeout=600, target={FAULTY!r})\n"
+        "threading.Thread(target=pool.measure, args=('http://a/hang.jpg', b'x'),"
+        " daemon=True).start()\n"
+        "time.sleep(1.5)\n"
+        "print(pool._started[0].pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.2)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie has exited; init reaps it
 
 
 def test_close_stops_every_child() -> None:
@@ -143,3 +235,20 @@ def test_pipeline_faults_in_children_end_in_one_place(tmp_path, monkeypatch) -> 
     # Without the faults the sample keeps 12 (README); these two are the difference.
     assert len(kept) == 10
     assert stats["rejected"]["image"][reasons.IMAGE_DECODER_CRASHED] == 1
+
+
+def test_pipeline_without_children_measures_in_its_threads(tmp_path, monkeypatch, caplog) -> None:
+    """Children that cannot start: the run says so once and measures every image itself,
+    with the same outcome as a run that never asked for children."""
+    monkeypatch.setattr(images, "MEASURE_TARGET", "no_such_module:f")
+    runs = {}
+    for name, processes in (("broken", "2"), ("none", "0")):
+        out = tmp_path / name
+        args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out)]
+        assert main([*args, "--images-from", "archive", "--measure-processes", processes]) == 0
+        runs[name] = check_invariant(out)
+        assert not (out / "dead_letter").exists() or not pq.read_table(out / "dead_letter")
+    warnings = [r for r in caplog.records if "could not start" in r.getMessage()]
+    assert len(warnings) == 1 and "no_such_module" in warnings[0].getMessage()
+    kept = {name: sorted(r["uid"] for r in run[0]) for name, run in runs.items()}
+    assert kept["broken"] == kept["none"] and len(kept["none"]) == 12
