@@ -235,8 +235,9 @@ class CurationConfig:
     )
     measure_timeout: float = _opt(
         120.0,
-        "seconds a measuring process may take on one image before it is stopped and the "
-        "image tried alone (image_decoder_crashed if it fails again)",
+        "seconds an image may wait for its measuring process (from when it is queued) "
+        "before the process is stopped and the image tried alone (image_decoder_crashed if "
+        "it fails again)",
         "guard: a decoder that hangs on a hostile file must not hold the run",
     )
     respect_robots: bool = _opt(True, "honour robots.txt (cached per host)", "politeness")

@@ -387,7 +387,8 @@ def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfi
         changes["nsfw_threads"] = 0 if local else 1
     if cfg.measure_processes == -1:
         # More children than fetch threads would never all be busy.
-        changes["measure_processes"] = min(_usable_cpus(), max(1, cfg.fetch_threads)) if local else 0
+        wanted = min(_usable_cpus(), max(1, cfg.fetch_threads))
+        changes["measure_processes"] = wanted if local else 0
     return dataclasses.replace(cfg, **changes)
 
 

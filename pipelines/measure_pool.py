@@ -75,6 +75,10 @@ class _Child:
         # The child imports this package as this process does, installed or from a checkout.
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        # One child per core already: thread pools of numpy's BLAS in each would only
+        # contend (and starting them is 0.2 s of CPU per child; the user's settings win).
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from pipelines.measure_pool import serve; serve()"],
             stdin=subprocess.PIPE,
