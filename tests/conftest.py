@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import signal
 import socket
 import struct
 import threading
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from curation.config import CurationConfig
+from filters.measure import Measured, measure_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -246,3 +250,34 @@ def serve(server: ImageServer | None = None) -> Iterator[ImageServer]:
     assert not thread.is_alive(), "the image server thread did not stop within 5 s"
     total = sum(server.hits.values())
     assert total <= MAX_REQUESTS, f"{total} requests to the test server (budget {MAX_REQUESTS})"
+
+
+# --- A faulty measure_bytes for the measuring processes' tests (tests/test_measure.py): a
+# child process imports it from here by name ("tests.conftest:measure_or_fail"); it crashes,
+# hangs or raises on the images whose URL says so, and measures the rest.
+
+
+def measure_or_fail(url: str, data: bytes, cfg: CurationConfig) -> Measured:
+    """measure_bytes, except: 'crash' in the URL kills the process as a decoder's segfault
+    would (SIGKILL: no core file), 'hang' never answers, 'raise' raises, 'unpicklable'
+    answers what the parent cannot read."""
+    if "crash" in url or url.endswith("/fox.jpg"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "hang" in url:
+        time.sleep(3600)
+    if "raise" in url or url.endswith("/owl.png"):
+        raise ValueError(f"boom in a measuring process: {url}")
+    if "unpicklable" in url:
+        return Unpicklable(), b""  # type: ignore[return-value]
+    return measure_bytes(url, data, cfg)
+
+
+def _explode() -> None:
+    raise RuntimeError("this answer cannot be read back")
+
+
+class Unpicklable:
+    """An answer that pickles in the child and fails to unpickle in the parent."""
+
+    def __reduce__(self) -> tuple:
+        return _explode, ()

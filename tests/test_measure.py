@@ -26,7 +26,7 @@ from pipelines.measure_pool import MeasureError, MeasurePool, PoolUnavailable
 from tests.conftest import SAMPLE_WARC, SHARED_DATA, jpeg_bytes, require
 from tests.test_cli import check_invariant
 
-FAULTY = "tests.measure_faults:measure_or_fail"
+FAULTY = "tests.conftest:measure_or_fail"
 
 
 def _real_images() -> list[tuple[str, bytes]]:
