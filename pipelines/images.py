@@ -50,7 +50,7 @@ BLOBS = "blobs"  # (sha256, image bytes): apart from the metadata, joined once a
 MEASURE_BAD = "measure_bad"  # dead letters of measuring, which runs in the fetch threads
 TO_SCORE = "to_score"
 SCORE_CHUNK = 1000  # candidates per NSFW input; more is the rare hot image, scored again
-_IMAGE, _FETCH = reasons.STAGE_IMAGE, reasons.STAGE_FETCH
+_IMAGE = reasons.STAGE_IMAGE
 
 
 def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:

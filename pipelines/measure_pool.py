@@ -207,13 +207,15 @@ def _write_all(fd: int, *parts: bytes) -> None:
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    data = stream.read(size)
-    while data is not None and 0 < len(data) < size:
-        more = stream.read(size - len(data))
-        if not more:
+    """`size` bytes, or None if the stream ends first (a pipe may return fewer per read)."""
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
             return None
-        data += more
-    return data if data and len(data) == size else (b"" if size == 0 else None)
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def _kill_all(procs: list[subprocess.Popen]) -> None:
@@ -380,9 +382,9 @@ def serve() -> None:
     try:
         cfg, target = pickle.loads(first[2])
         fn = _load(target)
-        _answer(out, first[0], ("ready",))
+        _send(out, first[0], pickle.dumps(("ready",)))
     except Exception as e:
-        _answer(out, first[0], ("failed", repr(e)))
+        _send(out, first[0], pickle.dumps(("failed", repr(e))))
         return
     while (request := _read_request(inp)) is not None:
         ident, url, data = request
@@ -394,7 +396,7 @@ def serve() -> None:
         except BaseException as e:  # SystemExit too: an answer, not a dead child
             trace = "".join(traceback.format_exception(e))
             payload = pickle.dumps(("error", type(e).__name__, repr(e)[:500], trace), protocol=5)
-        _write_all(out, _ANSWER.pack(ident, len(payload)), payload)
+        _send(out, ident, payload)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -417,8 +419,7 @@ def _read_request(inp: BinaryIO) -> tuple[int, str, bytes] | None:
     return ident, url.decode("utf-8", "surrogatepass"), data
 
 
-def _answer(out: int, ident: int, answer: tuple[Any, ...]) -> None:
-    payload = pickle.dumps(answer, protocol=5)
+def _send(out: int, ident: int, payload: bytes) -> None:
     _write_all(out, _ANSWER.pack(ident, len(payload)), payload)
 
 
