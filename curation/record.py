@@ -50,6 +50,27 @@ def candidate_uid(page_url: str, image_url: str, alt_text: str) -> str:
 
 @fast_pickling
 @dataclass(frozen=True, slots=True)
+class BlobRef:
+    """Where a fetched image's bytes wait for the shard writer: a byte range of a spool file.
+
+    With image_transport "spool" only this crosses the pipeline's shuffles; the bytes are
+    read back where they are written out (pipelines/spool.py).
+    """
+
+    path: str
+    offset: int
+    length: int
+
+
+def image_size(image: bytes | BlobRef | None) -> int | None:
+    """The size in bytes of a record's image, whether it holds the bytes or a BlobRef."""
+    if image is None:
+        return None
+    return image.length if isinstance(image, BlobRef) else len(image)
+
+
+@fast_pickling
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """One image/alt-text pair found on a page or in a table row."""
 
@@ -72,7 +93,9 @@ class Candidate:
     sha256: str | None = None  # of the fetched bytes
     phash: str | None = None  # 64-bit perceptual hash, 16 hex digits
     nsfw_score: float | None = None
-    image: bytes | None = None  # the stored image (original bytes, or re-encoded)
+    # The stored image (original bytes, or re-encoded); between the fetch and the shard
+    # writer it may be a BlobRef to them instead. Shards always hold the bytes.
+    image: bytes | BlobRef | None = None
 
     @classmethod
     def create(

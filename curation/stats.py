@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from curation import reasons
+from curation.record import image_size
 
 
 class Funnel:
@@ -171,7 +172,7 @@ class Distributions:
         if row.get("file_size") is not None:
             self.observe("file_size", row["file_size"])
         elif row.get("image") is not None:
-            self.observe("file_size", len(row["image"]))
+            self.observe("file_size", image_size(row["image"]))
         self.observe("nsfw_score", row.get("nsfw_score"))
 
     def merge(self, other: Distributions) -> Distributions:

@@ -374,11 +374,12 @@ def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfi
 
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
 
-    if cfg.nsfw_threads != -1 and cfg.measure_processes != -1:
+    if cfg.nsfw_threads != -1 and cfg.measure_processes != -1 and cfg.image_transport != "auto":
         return cfg
     runner = (options.view_as(StandardOptions).runner or "DirectRunner").lower()
     mode = options.view_as(DirectOptions).direct_running_mode or "in_memory"
-    local = runner in ("directrunner", "direct", "fnapirunner") and mode == "in_memory"
+    on_this_machine = runner in ("directrunner", "direct", "fnapirunner")
+    local = on_this_machine and mode == "in_memory"
     # In memory, one bundle runs at a time in one process: the model and the measuring may
     # use every core. Elsewhere several SDK threads or processes share the cores, and one
     # thread each, measuring in the fetch threads, avoids oversubscription.
@@ -389,6 +390,11 @@ def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfi
         # More children than fetch threads would never all be busy.
         wanted = min(_usable_cpus(), max(1, cfg.fetch_threads))
         changes["measure_processes"] = wanted if local else 0
+    if cfg.image_transport == "auto":
+        # Every local worker sees the spool (a folder under the output); on a cluster the
+        # shuffle service moves the bytes, and the writers' ranged reads of a shared spool
+        # have not been measured there.
+        changes["image_transport"] = "spool" if on_this_machine else "shuffle"
     return dataclasses.replace(cfg, **changes)
 
 

@@ -28,7 +28,7 @@ from curation.config import CurationConfig
 from curation.extract import is_table_path
 from curation.fetch import Fetcher, FetchResult, FetchSettings
 from curation.files import is_image_path, read_image_file
-from curation.record import Candidate, Rejected, Rejection
+from curation.record import BlobRef, Candidate, Rejected, Rejection
 from curation.stats import Funnel
 from filters.dataset import text_key
 from filters.dedup import EvalIndex, bands, smaller_neighbours
@@ -39,6 +39,7 @@ from pipelines import progress
 from pipelines.deadletter import BAD
 from pipelines.joins import LookupJoin
 from pipelines.measure_pool import DEFAULT_TARGET, MeasurePool, PoolUnavailable
+from pipelines.spool import SpoolWriter, image_bytes
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -46,7 +47,8 @@ URLS = "urls"
 PRIOR = "!"
 IMAGES = "images"
 GOOD = "good"  # FetchImages' main output (Beam names with_exception_handling's main so)
-BLOBS = "blobs"  # (sha256, image bytes): apart from the metadata, joined once at the end
+# (sha256, image bytes or their BlobRef in the spool): apart from the metadata, joined once
+BLOBS = "blobs"
 MEASURE_BAD = "measure_bad"  # dead letters of measuring, which runs in the fetch threads
 TO_SCORE = "to_score"
 SCORE_CHUNK = 1000  # candidates per NSFW input; more is the rare hot image, scored again
@@ -151,9 +153,12 @@ class FetchImagesFn(beam.DoFn):
     a measurement that raised.
     """
 
-    def __init__(self, cfg: CurationConfig, measured: bool = False) -> None:
+    def __init__(
+        self, cfg: CurationConfig, measured: bool = False, spool: str | None = None
+    ) -> None:
         self.cfg = cfg
         self.measured = measured
+        self.spool = spool  # with a folder, BLOBS carry BlobRefs to the bytes written there
 
     def setup(self) -> None:
         settings = fetch_settings(self.cfg)
@@ -167,6 +172,8 @@ class FetchImagesFn(beam.DoFn):
 
     def teardown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if getattr(self, "spooled", None) is not None:
+            self.spooled.close()  # a bundle that failed: its file is removed with the spool
         if self.measurer is not None:
             self.measurer.close()
             self.measurer = None
@@ -194,6 +201,7 @@ class FetchImagesFn(beam.DoFn):
         # The bytes of one image under many URLs go to the join once per bundle, not once
         # per URL (an image on 500 pages would otherwise cross the shuffle 500 times).
         self.sent: set[str] = set()
+        self.spooled = SpoolWriter(self.spool) if self.spool else None
 
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         self._measure_pool()
@@ -221,9 +229,12 @@ class FetchImagesFn(beam.DoFn):
     def _once(self, outputs: list[Any]) -> Iterator[Any]:
         for out in outputs:
             if isinstance(out, beam.pvalue.TaggedOutput) and out.tag == BLOBS:
-                if out.value[0] in self.sent:
+                sha, data = out.value
+                if sha in self.sent:
                     continue
-                self.sent.add(out.value[0])
+                self.sent.add(sha)
+                if self.spooled is not None:
+                    out = beam.pvalue.TaggedOutput(BLOBS, (sha, self.spooled.put(data)))
             yield out
 
     def _read_file(self, path: str) -> tuple[bool, list[Any]]:
@@ -259,6 +270,9 @@ class FetchImagesFn(beam.DoFn):
         return [(url, info), beam.pvalue.TaggedOutput(BLOBS, (info.sha256, data))]
 
     def finish_bundle(self) -> None:
+        # The spool file is complete before the runner commits the refs to it.
+        if self.spooled is not None:
+            self.spooled.close()
         progress.flush()
 
     def _read_archives(
@@ -301,11 +315,18 @@ class FetchImages(beam.PTransform):
     batches whose fetching raised (dead letters). With `measured`, `good` holds
     (url, ImageInfo | Rejection), plus BLOBS and MEASURE_BAD (see FetchImagesFn)."""
 
-    def __init__(self, archives: list[str], cfg: CurationConfig, measured: bool = False) -> None:
+    def __init__(
+        self,
+        archives: list[str],
+        cfg: CurationConfig,
+        measured: bool = False,
+        spool: str | None = None,
+    ) -> None:
         super().__init__()
         self.archives = sorted(archives)
         self.cfg = cfg
         self.measured = measured
+        self.spool = spool
 
     def expand(self, urls):
         if self.cfg.images_from == "http" or not self.archives:
@@ -337,7 +358,7 @@ class FetchImages(beam.PTransform):
                 min_batch_size=self.cfg.fetch_threads, max_batch_size=8 * self.cfg.fetch_threads
             )
             | "Fetch"
-            >> beam.ParDo(FetchImagesFn(self.cfg, self.measured))
+            >> beam.ParDo(FetchImagesFn(self.cfg, self.measured, self.spool))
             .with_outputs(BLOBS, MEASURE_BAD, main=GOOD)
             .with_exception_handling()
         )
@@ -393,12 +414,17 @@ def _eval_entry(path: str) -> list[tuple[str, str]]:
 class ImageStage(beam.PTransform):
     """Text survivors -> kept candidates carrying their image, and rejected ones."""
 
-    def __init__(self, raw, inputs: list[str], cfg: CurationConfig, prior=None) -> None:
+    def __init__(
+        self, raw, inputs: list[str], cfg: CurationConfig, prior=None, spool: str | None = None
+    ) -> None:
         super().__init__()
         self.raw = raw
         self.archives = [p for p in inputs if not is_table_path(p)]
         self.cfg = cfg
         self.prior = prior  # (uid, phash) of images an earlier run kept: they always stay
+        # A folder for the image bytes (pipelines/spool.py): kept records then carry a
+        # BlobRef, which the shard writer reads; None: the bytes ride in the records.
+        self.spool = spool
 
     def expand(self, candidates):
         cfg = self.cfg
@@ -411,7 +437,9 @@ class ImageStage(beam.PTransform):
         busy_url = by_url | "Texts per url" >> RejectBusyImages(url_texts, cfg, "url")
         rejected.append(busy_url[REJECTED])
         # 2. Fetch each URL once and measure it, in the fetch threads.
-        fetched = busy_url[URLS] | "Fetch images" >> FetchImages(self.archives, cfg, True)
+        fetched = busy_url[URLS] | "Fetch images" >> FetchImages(
+            self.archives, cfg, True, self.spool
+        )
         outcomes = fetched[GOOD]
         attached = busy_url[KEPT] | "Join outcomes" >> LookupJoin(
             {"o": outcomes}, _attach, outputs=(REJECTED, IMAGES), main=KEPT
@@ -445,7 +473,8 @@ class ImageStage(beam.PTransform):
             )
         )
         verdicts = entries | "Image rules" >> _ImageRules(cfg, self.prior)
-        # 4. The one join that moves image bytes: verdicts, candidates and bytes by hash.
+        # 4. The one join that moves image bytes (or only their refs, with a spool):
+        # verdicts, candidates and bytes by hash.
         final = by_sha | "Join verdicts" >> LookupJoin(
             {"v": verdicts, "b": fetched[BLOBS]},
             _apply_verdict,
@@ -462,6 +491,7 @@ class ImageStage(beam.PTransform):
 
             scored = (
                 final[TO_SCORE]
+                | "Image for the model" >> beam.Map(_for_model)
                 | "Score NSFW" >> score_nsfw(cfg.nsfw_threads)
                 | "Apply NSFW" >> beam.FlatMap(_apply_nsfw, cfg).with_outputs(REJECTED, main=KEPT)
             )
@@ -581,18 +611,30 @@ def _apply_verdict(
             yield _with_image(candidate, verdict, few["b"][0], None)
 
 
+def _for_model(item: tuple[tuple[ImageInfo, list[Candidate]], bytes | BlobRef]) -> tuple:
+    """((info, candidates), image) -> ((info, candidates, ref), bytes): the model reads
+    bytes; a spooled image's ref rides in the key, so the bytes do not travel on."""
+    (info, candidates), image = item
+    if isinstance(image, BlobRef):
+        return (info, candidates, image), image_bytes(image)
+    return (info, candidates, None), image
+
+
 def _apply_nsfw(item, cfg: CurationConfig) -> Iterator[Any]:
-    (info, candidates), result = item
+    (info, candidates, ref), result = item
     score = float(result.inference)
     rejection = check_nsfw(score, cfg)
+    stored = result.example if ref is None else ref
     for candidate in candidates:
         if rejection is not None:
             yield _reject(candidate, rejection)
         else:
-            yield _with_image(candidate, info, result.example, score)
+            yield _with_image(candidate, info, stored, score)
 
 
-def _with_image(candidate: Candidate, info: ImageInfo, data: bytes, score: float | None):
+def _with_image(
+    candidate: Candidate, info: ImageInfo, data: bytes | BlobRef, score: float | None
+) -> Candidate:
     return dataclasses.replace(
         candidate,
         width=info.width,

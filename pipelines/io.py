@@ -21,6 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from curation.shards import SUFFIX, write_shard
+from pipelines.spool import with_image_bytes
 
 TMP_PREFIX = ".tmp-"
 
@@ -119,6 +120,8 @@ class WriteShardFn(beam.DoFn):
         index, rows = element
         # Sorting by uid makes the bytes independent of arrival order.
         ordered = sorted(rows, key=lambda r: r["uid"])
+        # Spooled images are read here, where they are written out, and nowhere before.
+        ordered = with_image_bytes(ordered)
         for fmt, directory in sorted(self.directories.items()):
             yield write_shard_file(directory, index, fmt, ordered, self.schema)
 

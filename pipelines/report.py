@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from curation import reasons
 from curation.config import CurationConfig
-from curation.record import Candidate
+from curation.record import Candidate, image_size
 from curation.report import (
     BLURRED_REASONS,
     REPORT_FILE,
@@ -28,6 +28,7 @@ from curation.stats import Distributions, Funnel
 from filters.tokenize import tokenize
 from pipelines.images import FetchImages
 from pipelines.io import join, write_atomic
+from pipelines.spool import image_bytes
 
 KEPT_SAMPLES = 24
 REJECTED_SAMPLES = 8
@@ -76,7 +77,7 @@ def _kept_fields(c: Candidate) -> tuple[str, dict[str, Any]]:
             "original_height": c.original_height,
             # The size, not the bytes: this record crosses a stage boundary (~1 s for
             # 2,000 images when it carried them).
-            "file_size": len(c.image) if c.image is not None else None,
+            "file_size": image_size(c.image),
             "nsfw_score": c.nsfw_score,
         },
     )
@@ -159,7 +160,9 @@ class ReportSamples(beam.PTransform):
             kept
             | "Kept sample" >> beam.combiners.Top.Smallest(KEPT_SAMPLES, key=lambda c: c.uid)
             | "Kept previews"
-            >> beam.FlatMap(lambda cs: [_sample_row("kept", c, "", c.image) for c in cs])
+            >> beam.FlatMap(
+                lambda cs: [_sample_row("kept", c, "", image_bytes(c.image)) for c in cs]
+            )
         )
         picked = (
             self.rejected

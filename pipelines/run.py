@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -22,6 +23,7 @@ from pipelines.deadletter import BAD, DEAD_LETTER_DIR, DEAD_LETTER_SCHEMA, Colle
 from pipelines.images import ImageStage
 from pipelines.io import join, write_json
 from pipelines.report import CollectStatistics, ReportSamples, stats_document, write_report
+from pipelines.spool import new_spool_directory, remove_spool
 from pipelines.transforms import (
     KEPT,
     REJECTED,
@@ -54,12 +56,14 @@ def build_pipeline(
     tallies = [extracted[TALLY], unique[TALLY]]
     kept = unique[KEPT]
     rejected_parts: list = []
+    spool = None
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_TEXT):
         kept, text_rejected, text_bad = _text_stage(kept, raw=unique[KEPT], cfg=cfg)
         rejected_parts.extend(text_rejected)
         bad.update(text_bad)
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_IMAGE):
-        images = kept | "Images" >> ImageStage(unique[KEPT], inputs, cfg)
+        spool = spool_directory(output, cfg)
+        images = kept | "Images" >> ImageStage(unique[KEPT], inputs, cfg, spool=spool)
         kept = images[KEPT]
         rejected_parts.append(images[REJECTED])
         bad.update(images[BAD])
@@ -68,7 +72,7 @@ def build_pipeline(
     )
     tallies.append(file_failures)
     archives = [x for x in inputs if not is_table_path(x)]
-    _write_outputs(p, kept, rejected_parts, tallies, bad, output, cfg, archives, stop_after)
+    _write_outputs(p, kept, rejected_parts, tallies, bad, output, cfg, archives, stop_after, spool)
 
 
 def _write_outputs(
@@ -81,8 +85,10 @@ def _write_outputs(
     cfg: CurationConfig,
     archives: list[str],
     stop_after: str = reasons.STAGES[-1],
+    spool: str | None = None,
 ) -> None:
-    """Shards, the rejects ledger, dead letters, stats.json and the report."""
+    """Shards, the rejects ledger, dead letters, stats.json and the report; then the image
+    spool, if any, is removed."""
     # Exceptions that escaped a step: a dead-letter row each; candidates also get a
     # rejection (internal_error), so the accounting still balances.
     dead_rows, dead_rejected, dead_tallies = p | "Dead letters" >> CollectDeadLetters(bad)
@@ -91,7 +97,7 @@ def _write_outputs(
     )
     rejected = (*rejected_parts, dead_rejected) | "All rejected" >> beam.Flatten(pipeline=p)
     tallies = [*tallies, dead_tallies]
-    _ = kept | "Write shards" >> WriteShards(
+    shards_done = kept | "Write shards" >> WriteShards(
         shard_directories(output, cfg.formats),
         CANDIDATE_SCHEMA,
         cfg.shard_size,
@@ -116,9 +122,29 @@ def _write_outputs(
         samples = kept | "Report samples" >> ReportSamples(rejected, archives, cfg)
     else:
         samples = p | "No samples" >> beam.Create([[]])
-    _ = doc | "Write report" >> beam.Map(
+    report_done = doc | "Write report" >> beam.Map(
         write_report, samples=beam.pvalue.AsSingleton(samples), output=output
     )
+    if spool:
+        # Its readers are the shard writer, the report's previews and the NSFW model, all
+        # upstream of these two: a global count of both fires after the last of them.
+        _ = (
+            (shards_done, report_done)
+            | "Spool readers done" >> beam.Flatten()
+            | "After both" >> beam.combiners.Count.Globally()
+            | "Remove spool" >> beam.Map(lambda _, folder: remove_spool(folder), spool)
+        )
+
+
+def spool_directory(output: str, cfg: CurationConfig) -> str | None:
+    """The run's image spool folder when cfg.image_transport is spool (pipelines/spool.py);
+    an unresolved auto (a pipeline built without the CLI) keeps the bytes in the records."""
+    if cfg.image_transport != "spool":
+        return None
+    if "://" not in output:
+        # Local workers of other processes (multi_processing) may not share our directory.
+        output = os.path.abspath(output)
+    return new_spool_directory(output)
 
 
 def build_retry_pipeline(
@@ -141,13 +167,16 @@ def build_retry_pipeline(
     prior = kept_prev | "Prior hashes" >> beam.Map(lambda c: (c.uid, c.phash))
     # Transient failures are network failures: the retry fetches over HTTP.
     http = dataclasses.replace(cfg, images_from="http")
-    images = retry | "Images" >> ImageStage(retry, [], http, prior=prior)
+    spool = spool_directory(output, cfg)
+    images = retry | "Images" >> ImageStage(retry, [], http, prior=prior, spool=spool)
     kept = (kept_prev, images[KEPT]) | "All kept" >> beam.Flatten()
     rejected_parts = [rejected_prev[0], images[REJECTED]]
     # Read and extract counts are the earlier run's; kept and rejected are counted anew.
     earlier = [(s, n, c) for (s, n), c in sorted(funnel.counts.items()) if s in ("read", "extract")]
     tallies = p | "Earlier tallies" >> beam.Create(earlier)
-    _write_outputs(p, kept, rejected_parts, [tallies], images[BAD], output, cfg, archives=[])
+    _write_outputs(
+        p, kept, rejected_parts, [tallies], images[BAD], output, cfg, archives=[], spool=spool
+    )
 
 
 def is_retryable(rejection: Rejection) -> bool:

@@ -19,7 +19,7 @@ from apache_beam.metrics import Metrics
 from curation import reasons
 from curation.config import CurationConfig
 from curation.extract import candidates_from_archive, candidates_from_table, is_table_path
-from curation.record import Candidate, Rejected, Rejection
+from curation.record import Candidate, Rejected, Rejection, image_size
 from curation.stats import Funnel
 from filters.text import check_candidate
 from pipelines import progress
@@ -226,7 +226,7 @@ class WriteShards(beam.PTransform):
         rows = records | "To rows" >> beam.Map(lambda r: r.to_row())
         totals = (
             rows
-            | "Count and size" >> beam.Map(lambda r: (1, len(r.get("image") or b"")))
+            | "Count and size" >> beam.Map(lambda r: (1, image_size(r.get("image")) or 0))
             | "Totals" >> beam.CombineGlobally(_sum_pairs)
             | "Shard count"
             >> beam.Map(lambda t: _shard_count(t[0], t[1], self.shard_size, self.shard_max_bytes))

@@ -96,6 +96,7 @@ def check_invariant(out: Path) -> tuple[list[dict], list[dict], dict]:
             data = (out / folder / entry["shard"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         assert not list((out / folder).glob(".tmp-*"))
+    assert not list(out.glob("_spool-*"))  # the image spool goes once the shards are out
     return kept, rejected, stats
 
 
@@ -135,9 +136,12 @@ def test_sample_text_stage(tmp_path, capsys) -> None:
     assert "invariant OK: extracted 38 = kept 19 + rejected 19" in printed
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     # The written config is resolved: 'auto' NSFW threads and measuring processes became one
-    # per core (local run).
+    # per core, and the image bytes go through the spool (local run).
     assert CurationConfig.from_mapping(cfg) == dataclasses.replace(
-        CurationConfig(), nsfw_threads=0, measure_processes=len(os.sched_getaffinity(0))
+        CurationConfig(),
+        nsfw_threads=0,
+        measure_processes=len(os.sched_getaffinity(0)),
+        image_transport="spool",
     )
 
 

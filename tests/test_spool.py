@@ -1,0 +1,169 @@
+"""The image spool: bytes written once, read back by the shard writer, removed at the end;
+shards byte-identical to those of a run whose records carry the bytes."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from curation.config import ConfigError, CurationConfig
+from curation.record import BlobRef, image_size
+from pipelines.cli import main, resolve_runtime_defaults
+from pipelines.run import spool_directory
+from pipelines.spool import (
+    SPOOL_PREFIX,
+    SpoolWriter,
+    image_bytes,
+    new_spool_directory,
+    read_blobs,
+    remove_spool,
+    with_image_bytes,
+)
+from tests.conftest import ImageServer, jpeg_bytes, serve
+from tests.test_cli import check_invariant
+
+
+def test_round_trip_across_files_and_in_any_order(tmp_path: Path) -> None:
+    folder = new_spool_directory(str(tmp_path))
+    assert Path(folder).parent == tmp_path and Path(folder).name.startswith(SPOOL_PREFIX)
+    first, second = SpoolWriter(folder), SpoolWriter(folder)
+    blobs = [bytes([i]) * (1000 + i) for i in range(6)]
+    refs = [(first if i % 2 else second).put(b) for i, b in enumerate(blobs)]
+    first.close()
+    second.close()
+    assert len({r.path for r in refs}) == 2  # one file per writer
+    assert [image_size(r) for r in refs] == [len(b) for b in blobs]
+    found = read_blobs(reversed(refs))
+    assert [found[r] for r in refs] == blobs
+    assert image_bytes(refs[3]) == blobs[3]
+    assert image_bytes(b"as is") == b"as is" and image_bytes(None) is None
+    # A ref survives pickling (it crosses shuffles) and still reads.
+    assert read_blobs([pickle.loads(pickle.dumps(refs[0]))])[refs[0]] == blobs[0]
+
+
+def test_a_writer_starts_a_new_file_after_close(tmp_path: Path) -> None:
+    writer = SpoolWriter(str(tmp_path / "spool"))
+    a = writer.put(b"first bundle")
+    writer.close()
+    b = writer.put(b"second bundle")
+    writer.close()
+    writer.close()  # twice is harmless
+    assert a.path != b.path and (a.offset, b.offset) == (0, 0)
+    assert read_blobs([a, b]) == {a: b"first bundle", b: b"second bundle"}
+
+
+def test_rows_get_their_bytes_and_others_stay_as_they_are(tmp_path: Path) -> None:
+    writer = SpoolWriter(str(tmp_path))
+    ref = writer.put(b"\xff\xd8 jpeg")
+    writer.close()
+    rows = [{"uid": "a", "image": ref}, {"uid": "b", "image": b"inline"}, {"uid": "c"}]
+    assert with_image_bytes(rows) == [
+        {"uid": "a", "image": b"\xff\xd8 jpeg"},
+        {"uid": "b", "image": b"inline"},
+        {"uid": "c"},
+    ]
+    plain = [{"uid": "b", "image": b"inline"}]
+    assert with_image_bytes(plain) is plain  # nothing to read: no copy
+
+
+def test_a_truncated_spool_file_is_an_error_not_short_bytes(tmp_path: Path) -> None:
+    writer = SpoolWriter(str(tmp_path))
+    ref = writer.put(b"x" * 100)
+    writer.close()
+    Path(ref.path).write_bytes(b"x" * 60)
+    with pytest.raises(OSError, match="ends before byte 100"):
+        read_blobs([ref])
+    with pytest.raises(FileNotFoundError):
+        read_blobs([BlobRef(str(tmp_path / "gone.blobs"), 0, 1)])
+
+
+def test_remove_spool_deletes_its_files_and_folder(tmp_path: Path) -> None:
+    folder = new_spool_directory(str(tmp_path))
+    writer = SpoolWriter(folder)
+    for _ in range(3):
+        writer.put(b"bytes")
+        writer.close()
+    (tmp_path / "keep.txt").write_text("not the spool's")
+    assert remove_spool(folder) == 3
+    assert not Path(folder).exists()
+    assert (tmp_path / "keep.txt").exists()
+    assert remove_spool(folder) == 0  # already gone: nothing to do
+
+
+def test_transport_setting_is_checked_and_auto_settles_by_runner(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="image_transport"):
+        CurationConfig(image_transport="carrier pigeon")
+    cfg = CurationConfig()
+    assert cfg.image_transport == "auto"
+    local = resolve_runtime_defaults(cfg, PipelineOptions([]))
+    assert local.image_transport == "spool"
+    workers = resolve_runtime_defaults(
+        cfg, PipelineOptions(["--direct_running_mode=multi_processing"])
+    )
+    assert workers.image_transport == "spool"  # every local worker sees the folder
+    cluster = resolve_runtime_defaults(cfg, PipelineOptions(["--runner=DataflowRunner"]))
+    assert cluster.image_transport == "shuffle"
+    chosen = CurationConfig(image_transport="shuffle")
+    assert resolve_runtime_defaults(chosen, PipelineOptions([])).image_transport == "shuffle"
+    # A pipeline built without the CLI (auto unresolved) keeps the bytes in the records.
+    assert spool_directory(str(tmp_path), cfg) is None
+    spooled = spool_directory("relative/out", CurationConfig(image_transport="spool"))
+    assert spooled is not None and Path(spooled).is_absolute()
+
+
+@pytest.fixture
+def server():
+    s = ImageServer()
+    for i in range(6):
+        s.images[f"/photo-{i}.jpg"] = jpeg_bytes((320 + 16 * i, 240), colour=30 * i)
+    with serve(s):
+        yield s
+
+
+def test_spool_and_shuffle_write_identical_files(
+    tmp_path: Path, server: ImageServer, monkeypatch
+) -> None:
+    """The same run both ways, NSFW model and WebDataset included: the same bytes in every
+    shard, the report's previews too, and no spool left behind."""
+    spooled_images: list[int] = []
+    put = SpoolWriter.put
+
+    def counted(self: SpoolWriter, data: bytes) -> BlobRef:
+        spooled_images.append(len(data))
+        return put(self, data)
+
+    monkeypatch.setattr(SpoolWriter, "put", counted)  # the in-process runner sees it
+    rows = [(f"/photo-{i}.jpg", f"a striped wall painted in shade number {i}") for i in range(6)]
+    rows.append(("/photo-0.jpg", "the first striped wall seen from another page"))
+    rows.append(("/404.jpg", "a picture that is no longer there"))
+    table = tmp_path / "urls.tsv"
+    table.write_text("url\tcaption\n" + "".join(f"{server.base}{p}\t{t}\n" for p, t in rows))
+    outputs = {}
+    for transport in ("spool", "shuffle"):
+        out = tmp_path / transport
+        args = ["run", "--input", str(table), "--output", str(out), "--images-from", "http"]
+        args += ["--allow-private-network", "true", "--max-retries", "0"]
+        args += ["--near-dup-distance", "-1", "--formats", "parquet,webdataset"]
+        args += ["--image-transport", transport]
+        assert main(args) == 0
+        kept, rejected, _ = check_invariant(out)
+        assert len(kept) == 7 and [r["reason"] for r in rejected] == ["http_404"]
+        assert not list(out.glob(SPOOL_PREFIX + "*"))
+        outputs[transport] = out
+        # Each unique image went to the spool once, in the spool run (the list is for both
+        # runs: the shuffle run adds nothing).
+        assert len(spooled_images) == 6
+        assert sum(spooled_images) == sum(len(b) for b in server.images.values())
+    for folder in ("shards", "webdataset", "rejects"):
+        files = sorted(p.name for p in (outputs["spool"] / folder).iterdir())
+        assert files == sorted(p.name for p in (outputs["shuffle"] / folder).iterdir())
+        for name in files:
+            spooled = (outputs["spool"] / folder / name).read_bytes()
+            assert spooled == (outputs["shuffle"] / folder / name).read_bytes(), name
+    for name in ("stats.json", "report_samples.parquet"):
+        assert (outputs["spool"] / name).read_bytes() == (outputs["shuffle"] / name).read_bytes()
+    kept, _, _ = check_invariant(outputs["spool"])
+    assert {r["image"] for r in kept} == set(server.images.values())
