@@ -217,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             ours_kept,
         ),
         Tool(
+            "ours: curate run --nsfw false --image-transport shuffle",
+            ours(["--nsfw", "false", "--image-transport", "shuffle"]),
+            ours_kept,
+        ),
+        Tool(
             f"img2dataset, --number_sample_per_shard {per_shard}",
             i2d(args.img2dataset, per_shard),
             i2d_kept,
@@ -313,7 +318,9 @@ file (columns url, caption) read by both tools. Ours:
 `curate run --input LIST --output OUT --overwrite --images-from http --allow-private-network true`
 (in-memory Beam runner, one process, 32 fetch threads that hand each image to a measuring
 child process, one per core; `--measure-processes 0` measures in the fetch threads, as before
-session 5; open_nsfw on both cores; the venv holds torch for the trainer, which Beam's
+session 5; the fetched bytes wait in a spool file for the shard writer, and only references
+cross the shuffles; `--image-transport shuffle` carries the bytes in the records through
+them, as before session 6; open_nsfw on both cores; the venv holds torch for the trainer, which Beam's
 RunInference module imports at start, 1.8 s, a pipeline-only install does not pay it).
 img2dataset:
 `--input_format parquet --url_col url --caption_col caption --output_format webdataset

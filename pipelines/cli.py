@@ -7,6 +7,7 @@ curate run --input PATH_OR_GLOB... --output DIR [--config FILE] [--stop-after ST
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
 import os
@@ -241,9 +242,11 @@ def prepare_output(output: str, overwrite: bool) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     from pipelines.run import CONFIG_FILE, REJECTS_DIR, SHARDS_DIR, STATS_FILE
+    from pipelines.spool import SPOOL_PREFIX
 
     names = (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR, "tfrecord", "webdataset")
-    names += (REPORT_FILE, SAMPLES_FILE, "dead_letter")
+    # An image spool left by a run that died (a finished run removes its own).
+    names += (REPORT_FILE, SAMPLES_FILE, "dead_letter", SPOOL_PREFIX + "*")
     existing = []
     for name in names:
         path = FileSystems.join(output, name)
@@ -251,8 +254,9 @@ def prepare_output(output: str, overwrite: bool) -> None:
         patterns = [path] if "://" not in output else [path, path + "/**"]
         for result in FileSystems.match(patterns):
             existing.extend(m.path for m in result.metadata_list)
-        if "://" not in output and os.path.isdir(path):
-            existing.append(path)
+        if "://" not in output:
+            local = glob.glob(os.path.join(glob.escape(output), name))
+            existing.extend(p for p in local if os.path.isdir(p))
     if existing and not overwrite:
         raise CurateError(
             f"--output {output!r} already holds a run ({existing[0]}); "

@@ -22,7 +22,7 @@ from pipelines.spool import (
     remove_spool,
     with_image_bytes,
 )
-from tests.conftest import ImageServer, jpeg_bytes, serve
+from tests.conftest import SAMPLE_WARC, ImageServer, jpeg_bytes, serve
 from tests.test_cli import check_invariant
 
 
@@ -167,3 +167,16 @@ def test_spool_and_shuffle_write_identical_files(
         assert (outputs["spool"] / name).read_bytes() == (outputs["shuffle"] / name).read_bytes()
     kept, _, _ = check_invariant(outputs["spool"])
     assert {r["image"] for r in kept} == set(server.images.values())
+
+
+def test_a_spool_left_by_a_dead_run_counts_as_a_run(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    stale = out / f"{SPOOL_PREFIX}0123456789ab"
+    stale.mkdir(parents=True)
+    (stale / "f.blobs").write_bytes(b"images of a run that was killed")
+    args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--stop-after", "text"]
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert stale.exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert not stale.exists()
