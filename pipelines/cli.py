@@ -242,11 +242,17 @@ def prepare_output(output: str, overwrite: bool) -> None:
     from apache_beam.io.filesystems import FileSystems
 
     from pipelines.run import CONFIG_FILE, REJECTS_DIR, SHARDS_DIR, STATS_FILE
-    from pipelines.spool import SPOOL_PREFIX
 
+    bad = sorted(set(_GLOB_CHARS) & set(output))
+    if bad:
+        # Beam's filesystems read these as a pattern wherever the path is listed or
+        # deleted: files written there could not be found again.
+        raise CurateError(
+            f"--output {output!r}: the characters {' '.join(bad)} are not allowed in an "
+            "output path (Beam takes them for a file pattern)"
+        )
     names = (CONFIG_FILE, STATS_FILE, SHARDS_DIR, REJECTS_DIR, "tfrecord", "webdataset")
-    # An image spool left by a run that died (a finished run removes its own).
-    names += (REPORT_FILE, SAMPLES_FILE, "dead_letter", SPOOL_PREFIX + "*")
+    names += (REPORT_FILE, SAMPLES_FILE, "dead_letter")
     existing = []
     for name in names:
         path = FileSystems.join(output, name)
@@ -254,9 +260,9 @@ def prepare_output(output: str, overwrite: bool) -> None:
         patterns = [path] if "://" not in output else [path, path + "/**"]
         for result in FileSystems.match(patterns):
             existing.extend(m.path for m in result.metadata_list)
-        if "://" not in output:
-            local = glob.glob(os.path.join(glob.escape(output), name))
-            existing.extend(p for p in local if os.path.isdir(p))
+        if "://" not in output and os.path.isdir(path):
+            existing.append(path)
+    existing.extend(_leftover_spools(output))
     if existing and not overwrite:
         raise CurateError(
             f"--output {output!r} already holds a run ({existing[0]}); "
@@ -264,6 +270,35 @@ def prepare_output(output: str, overwrite: bool) -> None:
         )
     if existing:
         FileSystems.delete(sorted(set(existing)))
+
+
+_GLOB_CHARS = "*?["
+
+
+def _leftover_spools(output: str) -> list[str]:
+    """Image spools of runs that died (a finished run removes its own): folders named as
+    pipelines/spool.py names them, or on an object store, the objects under one."""
+    import re
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.spool import SPOOL_PREFIX
+
+    named = re.compile(re.escape(SPOOL_PREFIX) + "[0-9a-f]{12}")
+    pattern = FileSystems.join(output, SPOOL_PREFIX + "*")
+    if "://" not in output:
+        return sorted(
+            p
+            for p in glob.glob(pattern)
+            if os.path.isdir(p) and named.fullmatch(os.path.basename(p))
+        )
+    found = []
+    for result in FileSystems.match([pattern + "/**"]):
+        for m in result.metadata_list:
+            folder = m.path[len(output) :].lstrip("/").split("/", 1)[0]
+            if named.fullmatch(folder):
+                found.append(m.path)
+    return sorted(found)
 
 
 def check_tables(inputs: list[str], cfg: CurationConfig) -> None:

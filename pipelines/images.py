@@ -204,6 +204,14 @@ class FetchImagesFn(beam.DoFn):
         self.spooled = SpoolWriter(self.spool) if self.spool else None
 
     def process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
+        # A hash counts as sent once its whole batch is out: a batch that raises becomes a
+        # dead letter with none of its outputs (Beam drops them), and another URL of the same
+        # image in a later batch must still send the bytes.
+        self.batch_sent: set[str] = set()
+        yield from self._process(batch)
+        self.sent |= self.batch_sent
+
+    def _process(self, batch: Sequence[tuple[str, tuple[str, int] | None]]) -> Iterator[Any]:
         self._measure_pool()
         from_archive = [(u, loc) for u, loc in batch if loc is not None]
         # Paths under file_roots (URL tables only) are read from their filesystem, in every
@@ -230,11 +238,11 @@ class FetchImagesFn(beam.DoFn):
         for out in outputs:
             if isinstance(out, beam.pvalue.TaggedOutput) and out.tag == BLOBS:
                 sha, data = out.value
-                if sha in self.sent:
+                if sha in self.sent or sha in self.batch_sent:
                     continue
-                self.sent.add(sha)
                 if self.spooled is not None:
                     out = beam.pvalue.TaggedOutput(BLOBS, (sha, self.spooled.put(data)))
+                self.batch_sent.add(sha)
             yield out
 
     def _read_file(self, path: str) -> tuple[bool, list[Any]]:

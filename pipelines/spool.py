@@ -16,6 +16,7 @@ on any filesystem Beam writes (local, gs://); the pipeline deletes it once every
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -51,10 +52,22 @@ class SpoolWriter:
                 self._path, compression_type=CompressionTypes.UNCOMPRESSED
             )
             self._offset = 0
-        self._fh.write(data)
+        try:
+            self._fh.write(data)
+        except BaseException:
+            # Part of `data` may be in the file: no later ref may count from this offset.
+            # The file is left as it is (refs before it stay good) and the next put starts
+            # a new one; the caller's batch fails and becomes a dead letter.
+            self._abandon()
+            raise
         ref = BlobRef(self._path, self._offset, len(data))
         self._offset += len(data)
         return ref
+
+    def _abandon(self) -> None:
+        fh, self._fh = self._fh, None
+        with contextlib.suppress(Exception):
+            fh.close()
 
     def close(self) -> None:
         """Finish the current file (a later put() starts another)."""

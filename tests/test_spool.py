@@ -180,3 +180,86 @@ def test_a_spool_left_by_a_dead_run_counts_as_a_run(tmp_path: Path, capsys) -> N
     assert stale.exists()
     assert main([*args, "--overwrite"]) == 0
     assert not stale.exists()
+
+
+def test_a_failed_write_abandons_its_file_and_earlier_refs_stay_good(tmp_path: Path) -> None:
+    writer = SpoolWriter(str(tmp_path))
+    before = writer.put(b"a" * 10)
+    real = writer._fh
+
+    class HalfThenFull:  # a disk that fills up in the middle of a write
+        def write(self, data: bytes) -> None:
+            real.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            real.close()
+
+    writer._fh = HalfThenFull()
+    with pytest.raises(OSError, match="No space"):
+        writer.put(b"b" * 10)
+    after = writer.put(b"c" * 10)
+    writer.close()
+    assert after.path != before.path and after.offset == 0
+    assert read_blobs([before, after]) == {before: b"a" * 10, after: b"c" * 10}
+
+
+def test_a_batch_that_fails_does_not_keep_its_images_from_later_batches(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Beam drops every output of a batch that raises (it becomes a dead letter): an image
+    it would have sent must still go out with the next URL that has it."""
+    import apache_beam as beam
+
+    from pipelines.images import BLOBS, FetchImagesFn
+
+    fn = FetchImagesFn(CurationConfig(), measured=True, spool=str(tmp_path / "spool"))
+    fn.start_bundle()
+    blob = beam.pvalue.TaggedOutput(BLOBS, ("sha-1", b"jpeg bytes"))
+    puts = []
+    put = SpoolWriter.put
+
+    def fails_once(self: SpoolWriter, data: bytes) -> BlobRef:
+        puts.append(data)
+        if len(puts) == 1:
+            raise OSError(5, "Input/output error")
+        return put(self, data)
+
+    monkeypatch.setattr(SpoolWriter, "put", fails_once)
+
+    def batch(then_raise: bool):
+        def run(_batch):
+            yield from fn._once([("url", "info"), blob])
+            if then_raise:
+                raise RuntimeError("a later image of the batch")
+
+        return run
+
+    fn._process = batch(then_raise=False)  # the spool write itself fails
+    with pytest.raises(OSError):
+        list(fn.process([]))
+    fn._process = batch(then_raise=True)  # the bytes are out, then the batch fails
+    with pytest.raises(RuntimeError):
+        list(fn.process([]))
+    fn._process = batch(then_raise=False)
+    (sent,) = [o for o in fn.process([]) if isinstance(o, beam.pvalue.TaggedOutput)]
+    assert sent.value[0] == "sha-1" and isinstance(sent.value[1], BlobRef)
+    assert list(fn.process([])) == [("url", "info")]  # once out, sent once per bundle
+    fn.finish_bundle()
+    assert read_blobs([sent.value[1]])[sent.value[1]] == b"jpeg bytes"
+
+
+def test_output_paths_are_checked_for_patterns_and_other_spool_names(
+    tmp_path: Path, capsys
+) -> None:
+    args = ["run", "--input", str(SAMPLE_WARC), "--stop-after", "text", "--output"]
+    for odd in ("o[1]", "o?x", "o*x"):
+        assert main([*args, str(tmp_path / odd)]) == 2
+        assert "not allowed in an output path" in capsys.readouterr().err
+        assert not (tmp_path / odd).exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_spool-notes.txt").write_text("a file of the user's, not a spool")
+    (out / "_spool-mine").mkdir()  # nor is a folder of another name
+    assert main([*args, str(out)]) == 0
+    assert (out / "_spool-notes.txt").exists() and (out / "_spool-mine").exists()
