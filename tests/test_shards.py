@@ -14,6 +14,7 @@ import webdataset as wds
 from PIL import Image
 from tfrecord import example_pb2
 
+from curation.record import CANDIDATE_SCHEMA
 from curation.shards import encode_example, masked_crc32c, tfrecord_frame, webdataset_bytes
 from pipelines.cli import main
 from tests.conftest import SAMPLE_WARC
@@ -205,3 +206,62 @@ def test_arrow_table_is_from_pylists_table(chunk_bytes: int) -> None:
     # What the fast path does not take goes to Arrow's conversion: str, bytearray, views.
     odd = [{"uid": "a", "image": "text", "thumb": bytearray(b"t"), "maybe": memoryview(b"m")}]
     assert arrow_table(odd, schema).equals(pa.Table.from_pylist(odd, schema=schema))
+
+
+def test_row_groups_close_at_the_byte_limit_whatever_holds_the_bytes() -> None:
+    from curation.record import BlobRef
+    from curation.shards import row_groups
+
+    schema = CANDIDATE_SCHEMA
+    sizes = [60, 60, 30, 200, 10]
+    rows = [
+        {"uid": str(i), "image": b"x" * n if i % 2 else BlobRef("spool", 0, n)}
+        for i, n in enumerate(sizes)
+    ]
+    groups = row_groups(rows, schema, limit=100)
+    assert [[r["uid"] for r in g] for g in groups] == [["0", "1"], ["2", "3"], ["4"]]
+    assert row_groups([], schema, limit=100) == [[]]
+    assert row_groups(rows, schema) == [rows]  # the default limit is megabytes
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "tfrecord", "webdataset"])
+def test_a_shard_written_in_row_groups_is_the_same_shard(fmt: str, monkeypatch) -> None:
+    """TFRecord and WebDataset bytes do not depend on the grouping; Parquet holds one row
+    group per group, and the same table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation import shards
+
+    rows = [
+        {
+            **{f.name: None for f in CANDIDATE_SCHEMA},
+            "uid": f"{i:032x}",
+            "page_url": "",
+            "image_url": f"http://127.0.0.1/{i}.jpg",
+            "alt_text": f"a photo numbered {i}",
+            "source_kind": "table",
+            "source_file": "urls.tsv",
+            "source_offset": i,
+            "image_format": "JPEG",
+            "image": bytes([i]) * (1000 + i),
+        }
+        for i in range(12)
+    ]
+
+    def write(limit: int) -> bytes:
+        monkeypatch.setattr(shards, "ROW_GROUP_BYTES", limit)
+        sink = io.BytesIO()
+        shards.write_shard(fmt, rows, CANDIDATE_SCHEMA, sink)
+        return sink.getvalue()
+
+    whole, grouped = write(1 << 30), write(3000)  # 3,000 bytes: 3 images a group
+    if fmt == "parquet":
+        assert pq.ParquetFile(pa.BufferReader(grouped)).num_row_groups == 4
+        back = pq.read_table(pa.BufferReader(grouped)).to_pylist()
+        assert [r["image"] for r in back] == [r["image"] for r in rows]
+        assert pq.read_table(pa.BufferReader(whole)).equals(pq.read_table(pa.BufferReader(grouped)))
+    else:
+        assert grouped == whole
+    if fmt == "webdataset":
+        assert whole == shards.webdataset_bytes(rows)
