@@ -11,6 +11,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Any
@@ -278,8 +279,6 @@ _GLOB_CHARS = "*?["
 def _leftover_spools(output: str) -> list[str]:
     """Image spools of runs that died (a finished run removes its own): folders named as
     pipelines/spool.py names them, or on an object store, the objects under one."""
-    import re
-
     from apache_beam.io.filesystems import FileSystems
 
     from pipelines.spool import SPOOL_PREFIX

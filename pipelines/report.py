@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from curation import reasons
 from curation.config import CurationConfig
-from curation.record import Candidate, image_size
+from curation.record import BlobRef, Candidate, image_size
 from curation.report import (
     BLURRED_REASONS,
     REPORT_FILE,
@@ -28,7 +28,7 @@ from curation.stats import Distributions, Funnel
 from filters.tokenize import tokenize
 from pipelines.images import FetchImages
 from pipelines.io import join, write_atomic
-from pipelines.spool import image_bytes
+from pipelines.spool import read_blobs
 
 KEPT_SAMPLES = 24
 REJECTED_SAMPLES = 8
@@ -159,10 +159,7 @@ class ReportSamples(beam.PTransform):
         kept_rows = (
             kept
             | "Kept sample" >> beam.combiners.Top.Smallest(KEPT_SAMPLES, key=lambda c: c.uid)
-            | "Kept previews"
-            >> beam.FlatMap(
-                lambda cs: [_sample_row("kept", c, "", image_bytes(c.image)) for c in cs]
-            )
+            | "Kept previews" >> beam.FlatMap(_kept_previews)
         )
         picked = (
             self.rejected
@@ -198,6 +195,15 @@ class ReportSamples(beam.PTransform):
             | "All samples" >> beam.Flatten()
             | ("Sample list" >> beam.combiners.ToList())
         )
+
+
+def _kept_previews(candidates: list[Candidate]) -> list[dict[str, Any]]:
+    # Spooled images are read in one pass (each spool file opened once, not once an image).
+    found = read_blobs(c.image for c in candidates if isinstance(c.image, BlobRef))
+    return [
+        _sample_row("kept", c, "", found[c.image] if isinstance(c.image, BlobRef) else c.image)
+        for c in candidates
+    ]
 
 
 def _rejected_rows(item) -> Iterable[dict[str, Any]]:
