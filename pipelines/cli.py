@@ -406,6 +406,14 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0 if ok else 1
 
 
+# The config keys whose 'auto' value resolve_runtime_defaults settles for the runner.
+RUNNER_SETTLED: dict[str, Any] = {
+    "nsfw_threads": -1,
+    "measure_processes": -1,
+    "image_transport": "auto",
+}
+
+
 def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfig:
     """Settle the config's 'auto' values once the runner is known (at the entry point)."""
     import dataclasses
@@ -517,6 +525,11 @@ def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[st
         stats = json.loads(read_bytes(join(previous, STATS_FILE)))
     except Exception as e:
         raise CurateError(f"--retry-failed {previous!r}: not a finished run ({e})") from e
+    # The earlier run's config.yaml holds the speed settings its runner settled ('auto'
+    # resolved: one measuring process per core, the spool on a local run); the retry may run
+    # elsewhere (a local run retried on Dataflow), so they are settled again for its runner,
+    # unless given again. They change no result (tests/test_spool.py, test_measure_pool.py).
+    base = {**base, **RUNNER_SETTLED}
     try:
         cfg = CurationConfig.from_mapping({**base, **_file_overrides(args.config), **overrides})
     except ConfigError as e:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
 from collections import Counter
 
 import pytest
+import yaml
 from PIL import Image
 
 from curation import reasons
@@ -134,6 +136,7 @@ def test_retry_failed_reruns_only_transient_failures(tmp_path, server: ImageServ
     first, second = tmp_path / "first", tmp_path / "second"
     args = ["--images-from", "http", "--allow-private-network", "true", "--max-retries", "0"]
     args += ["--near-dup-distance", "-1"]  # ok.jpg and its retry are the same picture
+    args += ["--image-transport", "shuffle", "--measure-processes", "0"]  # settled again below
     assert main(["run", "--input", str(table), "--output", str(first), *args]) == 0
     kept1, rejected1, stats1 = check_invariant(first)
     assert {r["reason"] for r in rejected1} == {"http_503", "http_404", "text_filename"}
@@ -145,6 +148,12 @@ def test_retry_failed_reruns_only_transient_failures(tmp_path, server: ImageServ
     assert {r["reason"] for r in rejected2} == {"http_404", "text_filename"}
     assert stats2["totals"]["extracted"] == stats1["totals"]["extracted"]
     assert stats2["read"] == stats1["read"] and stats2["extract"] == stats1["extract"]
+    # The speed settings are the retry runner's own; the rest is the first run's config.
+    cfg1, cfg2 = (yaml.safe_load((o / "config.yaml").read_text()) for o in (first, second))
+    assert (cfg1["image_transport"], cfg1["measure_processes"]) == ("shuffle", 0)
+    assert cfg2["image_transport"] == "spool"
+    assert cfg2["measure_processes"] == len(os.sched_getaffinity(0))
+    assert cfg2["max_retries"] == cfg1["max_retries"] == 0
     # Only the transient failure was fetched again.
     assert server.hits["/503-then-ok.jpg"] == hits_before["/503-then-ok.jpg"] + 1
     assert server.hits["/404.jpg"] == hits_before["/404.jpg"]
