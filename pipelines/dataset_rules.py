@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -37,6 +38,7 @@ from filters.dataset import (
 from filters.language import check_language, detect_language, detect_languages
 from pipelines.deadletter import BAD
 from pipelines.joins import LookupJoin
+from pipelines.measure_pool import PoolUnavailable, borrow_warm_pool
 
 KEPT = "kept"
 REJECTED = "rejected"
@@ -289,8 +291,12 @@ class DetectLanguageFn(beam.DoFn):
         self.cfg = cfg
 
     def setup(self) -> None:
-        # Load the detector's profiles once per worker, not per element.
-        detect_language("warm up", None, self.cfg.language_detector)
+        # On the in-memory runner the measuring processes, started before the run, detect
+        # too: this stage otherwise runs on one core while the others idle.
+        self.pool = borrow_warm_pool(self.cfg)
+        if self.pool is None:
+            # Load the detector's profiles once per worker, not per element.
+            detect_language("warm up", None, self.cfg.language_detector)
 
     def start_bundle(self) -> None:
         self.held: list[WindowedValue] = []
@@ -314,10 +320,24 @@ class DetectLanguageFn(beam.DoFn):
             return
         detector = self.cfg.language_detector
         texts = [(w.value.alt_text, w.value.page_lang) for w in held]
-        try:
-            langs = detect_languages(texts, detector)
-        except Exception:  # retried one by one below, where an error is kept
-            langs = None
+        langs = None
+        if self.pool is not None:
+            try:
+                langs = self.pool.detect_languages(texts, detector)
+            except PoolUnavailable:  # the fetch step, which needs them most, says so
+                self.pool = None
+            except Exception as e:  # detected here from now on, where an error is kept
+                logging.getLogger(__name__).warning(
+                    "language detection in the measuring processes failed (%s); "
+                    "detecting in this process instead",
+                    str(e).splitlines()[0],
+                )
+                self.pool = None
+        if langs is None:
+            try:
+                langs = detect_languages(texts, detector)
+            except Exception:  # retried one by one below, where an error is kept
+                langs = None
         for i, held_one in enumerate(held):
             candidate = held_one.value
             try:

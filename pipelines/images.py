@@ -38,7 +38,7 @@ from filters.nsfw import check_nsfw
 from pipelines import progress
 from pipelines.deadletter import BAD
 from pipelines.joins import LookupJoin
-from pipelines.measure_pool import DEFAULT_TARGET, MeasurePool, PoolUnavailable
+from pipelines.measure_pool import DEFAULT_TARGET, MeasurePool, PoolUnavailable, take_pool
 from pipelines.spool import SpoolWriter, image_bytes
 
 KEPT = "kept"
@@ -183,7 +183,7 @@ class FetchImagesFn(beam.DoFn):
         wanted = self.measured and self.cfg.measure_processes > 0
         if wanted and self.measurer is None and not self.pool_unavailable:
             try:
-                self.measurer = MeasurePool(
+                self.measurer = take_pool(
                     self.cfg.measure_processes, self.cfg, self.cfg.measure_timeout, MEASURE_TARGET
                 )
             except PoolUnavailable as e:

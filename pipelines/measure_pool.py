@@ -8,6 +8,10 @@ nearly all of it holds the GIL (py-spy). In the fetch threads it ran on one core
 child per core is the only way to the other cores (Beam's multi-process mode costs more in
 its data plane than it gains: session 4's figures in BENCHMARKS.md).
 
+On the in-memory runner the pool starts with the run (`warm_pool`), and the text rules'
+language detection uses its children before the fetch step takes it (`detect_languages`):
+that stage too ran on one core.
+
 No Beam here: a child imports this module, filters/ and curation/ only (~0.3 s to start).
 The children isolate crashes and hangs, not attacks: their answers are unpickled here.
 """
@@ -25,7 +29,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
@@ -52,6 +56,9 @@ DEFAULT_TARGET = "filters.measure:measure_bytes"
 _REQUEST = struct.Struct("<QIQ")
 _ANSWER = struct.Struct("<QQ")
 _PIPE_BYTES = 1 << 20  # a pipe this large holds the images queued for a child
+# In place of an image's URL: a request to run filters.language.detect_languages on the
+# pickled (items, detector) it carries (no URL starts with a NUL).
+_LANGUAGES = "\x00languages"
 
 
 class MeasureError(RuntimeError):
@@ -319,6 +326,53 @@ class MeasurePool:
         self._await_ready(child)  # at once when it is up
         return child
 
+    def detect_languages(
+        self, items: Sequence[tuple[str, str | None]], detector: str
+    ) -> list[str | None]:
+        """filters.language.detect_languages(items, detector), the items split evenly over
+        the children, which run their parts at once; the same answers as in this process.
+
+        Raises MeasureError if a part fails in any way (an exception there, a child that
+        dies or does not answer within the timeout): the caller detects here instead."""
+        with self._lock:
+            if self._unavailable is not None:
+                raise self._unavailable
+            for i, child in enumerate(self._children):
+                if child.dead:
+                    self._children[i] = self._start()
+            children = list(self._children)
+        if not children:
+            raise RuntimeError("the MeasurePool is closed")
+        size = -(-len(items) // len(children))
+        parts = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        futures = []
+        for child, part in zip(children, parts, strict=False):
+            self._await_ready(child)
+            request = pickle.dumps((part, detector), protocol=5)
+            futures.append(child.submit(_LANGUAGES, request))
+        langs: list[str | None] = []
+        deadline = time.monotonic() + self.timeout
+        for child, future in zip(children, futures, strict=False):
+            try:
+                answer = future.result(max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                child.kill()  # restarted by the next call
+                raise MeasureError(f"no language answer within {self.timeout:g} s") from None
+            except _ChildDied as e:
+                raise MeasureError(f"language detection: {e}") from None
+            if answer[0] == "error":
+                raise MeasureError(f"{answer[1]}: {answer[2]}\n\nIn the child:\n{answer[3]}")
+            langs.extend(answer[1])
+        return langs
+
+    def prepare_languages(self, detector: str) -> None:
+        """Have every child load the language model now (not awaited): its first texts
+        then find it loaded."""
+        with self._lock:
+            children = [c for c in self._children if not c.dead]
+        for child in children:
+            child.submit(_LANGUAGES, pickle.dumps(([("warm up", None)], detector), protocol=5))
+
     def _alone_retry(self, url: str, data: bytes) -> Measured:
         with self._alone_lock:
             if self._alone is None or self._alone.dead:
@@ -357,6 +411,58 @@ class MeasurePool:
         self.close()
 
 
+# Pools started ahead of need (warm_pool), each with the arguments it was made with.
+_WARM: list[tuple[tuple[Any, ...], MeasurePool]] = []
+_WARM_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def warm_pool(processes: int, cfg: CurationConfig, timeout: float, target: str) -> Iterator[None]:
+    """Start a pool's children now, for this process's first `take_pool` with the same
+    arguments; on leaving, close the pool if nothing took it.
+
+    The local runner builds and translates the pipeline and runs the text rules (seconds)
+    before its first image is fetched, while the other cores idle; the children import
+    (~0.3 s a child) then, instead of while the first images wait for them.
+    """
+    try:
+        pool = MeasurePool(processes, cfg, timeout, target)
+    except PoolUnavailable:
+        yield  # the fetch step finds out again, and says so
+        return
+    if cfg.detect_language:
+        pool.prepare_languages(cfg.language_detector)
+    with _WARM_LOCK:
+        _WARM.append(((processes, cfg, timeout, target), pool))
+    try:
+        yield
+    finally:
+        with _WARM_LOCK:
+            untaken = any(p is pool for _, p in _WARM)
+            _WARM[:] = [(k, p) for k, p in _WARM if p is not pool]
+        if untaken:
+            pool.close()
+
+
+def borrow_warm_pool(cfg: CurationConfig) -> MeasurePool | None:
+    """A pool warm_pool started for this config, if any, left for take_pool (the text
+    rules use its children before the fetch step takes it), else None."""
+    with _WARM_LOCK:
+        return next((pool for key, pool in _WARM if key[1] == cfg), None)
+
+
+def take_pool(processes: int, cfg: CurationConfig, timeout: float, target: str) -> MeasurePool:
+    """The pool warm_pool started with these arguments (once), else a new one; the caller
+    closes it."""
+    key = (processes, cfg, timeout, target)
+    with _WARM_LOCK:
+        for i, (k, pool) in enumerate(_WARM):
+            if k == key:
+                del _WARM[i]
+                return pool
+    return MeasurePool(processes, cfg, timeout, target)
+
+
 def _unpack(answer: tuple[Any, ...], data: bytes) -> Measured:
     if answer[0] == "error":
         _, kind, text, trace = answer
@@ -389,6 +495,12 @@ def serve() -> None:
     while (request := _read_request(inp)) is not None:
         ident, url, data = request
         try:
+            if url == _LANGUAGES:
+                from filters.language import detect_languages
+
+                payload = pickle.dumps(("ok", detect_languages(*pickle.loads(data))), protocol=5)
+                _send(out, ident, payload)
+                continue
             outcome = fn(url, data, cfg)
             if not isinstance(outcome, Rejection) and outcome[1] is data:
                 outcome = (outcome[0], None)  # the parent has these bytes

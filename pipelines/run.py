@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
@@ -22,6 +23,7 @@ from pipelines.dataset_rules import DetectLanguage, RejectRareTokens, RejectShar
 from pipelines.deadletter import BAD, DEAD_LETTER_DIR, DEAD_LETTER_SCHEMA, CollectDeadLetters
 from pipelines.images import ImageStage
 from pipelines.io import join, write_json
+from pipelines.measure_pool import warm_pool
 from pipelines.report import CollectStatistics, ReportSamples, stats_document, write_report
 from pipelines.spool import new_spool_directory, remove_spool
 from pipelines.transforms import (
@@ -250,6 +252,10 @@ def _text_stage(candidates, raw, cfg: CurationConfig):
     return kept, rejected, bad
 
 
+# The runner names that make_runner turns into the FnApiRunner, in this process.
+LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
+
+
 def make_runner(options: PipelineOptions) -> PipelineRunner | None:
     """The runner for these options; the DirectRunner becomes the FnApiRunner directly.
 
@@ -259,7 +265,7 @@ def make_runner(options: PipelineOptions) -> PipelineRunner | None:
     direct_num_workers.
     """
     runner = options.view_as(StandardOptions).runner
-    if runner not in (None, "DirectRunner", "direct", "FnApiRunner"):
+    if runner not in LOCAL_RUNNERS:
         return None  # Beam resolves it by name
     from apache_beam.options.pipeline_options import WorkerOptions
     from apache_beam.portability.api import beam_provision_api_pb2
@@ -289,7 +295,9 @@ def run(
     """Build and run the pipeline to completion."""
     options = options or PipelineOptions([])
     runner = make_runner(options)
-    with beam.Pipeline(runner=runner, options=options) as p:
+    warm = _warm_measuring(cfg, options, stop_after == reasons.STAGE_IMAGE)
+    # The pipeline runs as its `with` ends, inside the warm pool's.
+    with warm, beam.Pipeline(runner=runner, options=options) as p:
         build_pipeline(p, inputs, output, cfg, stop_after)
 
 
@@ -302,5 +310,20 @@ def run_retry(
 ) -> None:
     """Build and run the --retry-failed pipeline to completion."""
     options = options or PipelineOptions([])
-    with beam.Pipeline(runner=make_runner(options), options=options) as p:
+    runner = make_runner(options)
+    with _warm_measuring(cfg, options, True), beam.Pipeline(runner=runner, options=options) as p:
         build_retry_pipeline(p, previous, output, cfg, funnel)
+
+
+def _warm_measuring(
+    cfg: CurationConfig, options: PipelineOptions, fetches: bool
+) -> contextlib.AbstractContextManager[None]:
+    """On the in-memory runner, start the measuring processes while the pipeline is built
+    and its text rules run: its fetch step, in this process, takes them warm."""
+    runner = options.view_as(StandardOptions).runner
+    in_memory = options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    if not (fetches and in_memory and cfg.measure_processes > 0) or runner not in LOCAL_RUNNERS:
+        return contextlib.nullcontext()
+    from pipelines import images  # its MEASURE_TARGET, which tests may swap
+
+    return warm_pool(cfg.measure_processes, cfg, cfg.measure_timeout, images.MEASURE_TARGET)

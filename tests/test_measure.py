@@ -8,9 +8,11 @@ import dataclasses
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
@@ -19,11 +21,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from curation import reasons
 from curation.config import ConfigError, CurationConfig
 from curation.record import Rejection
+from filters.language import detect_languages
 from filters.measure import measure_bytes
-from pipelines import images
+from pipelines import images, measure_pool
 from pipelines.cli import main, resolve_runtime_defaults
-from pipelines.measure_pool import MeasureError, MeasurePool, PoolUnavailable
-from tests.conftest import SAMPLE_WARC, SHARED_DATA, jpeg_bytes, require
+from pipelines.measure_pool import MeasureError, MeasurePool, PoolUnavailable, take_pool, warm_pool
+from tests.conftest import LAION_PARQUET, SAMPLE_WARC, SHARED_DATA, jpeg_bytes, require
 from tests.test_cli import check_invariant
 
 FAULTY = "tests.conftest:measure_or_fail"
@@ -205,6 +208,67 @@ def test_close_stops_every_child() -> None:
         pool.measure("http://a.example/x.jpg", data)
 
 
+def test_a_warm_pool_is_taken_once_with_its_own_arguments_and_closed_if_untaken() -> None:
+    cfg, data = CurationConfig(), jpeg_bytes((300, 250))
+    with warm_pool(2, cfg, 30, measure_pool.DEFAULT_TARGET):
+        warm = measure_pool._WARM[0][1]
+        other = take_pool(2, dataclasses.replace(cfg, min_image_side=100), 30, warm.target)
+        assert other is not warm  # another config: a new pool
+        other.close()
+        with take_pool(2, CurationConfig(), 30, measure_pool.DEFAULT_TARGET) as taken:
+            assert taken is warm and not measure_pool._WARM
+            assert taken.measure("http://a.example/x.jpg", data) == measure_bytes(
+                "http://a.example/x.jpg", data, cfg
+            )
+            again = take_pool(2, cfg, 30, measure_pool.DEFAULT_TARGET)
+            assert again is not warm  # taken once
+            again.close()
+    with warm_pool(1, cfg, 30, measure_pool.DEFAULT_TARGET):
+        untaken = measure_pool._WARM[0][1]
+        procs = [c.proc for c in untaken._children]
+    assert not measure_pool._WARM
+    assert all(p.poll() is not None for p in procs)  # closed on leaving
+
+
+def test_the_local_runner_fetches_with_the_pool_started_while_it_built(
+    tmp_path, monkeypatch
+) -> None:
+    warmed, taken = [], []
+
+    def spy_warm(*args):
+        cm = warm_pool(*args)
+        warmed.append(args)
+        return cm
+
+    def spy_take(*args):
+        taken.append(take_pool(*args))
+        return taken[-1]
+
+    monkeypatch.setattr("pipelines.run.warm_pool", spy_warm)
+    monkeypatch.setattr(images, "take_pool", spy_take)
+    monkeypatch.setattr(measure_pool, "MeasurePool", _Recording)
+    out = tmp_path / "out"
+    args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
+    assert main([*args, "--measure-processes", "2"]) == 0
+    assert len(check_invariant(out)[0]) == 12
+    assert len(warmed) == 1 and warmed[0][0] == 2
+    # One pool made, before the run, and the fetch step took it; it is closed at the end.
+    assert len(_Recording.made) == 1 and taken == _Recording.made
+    assert all(c.proc.poll() is not None for c in taken[0]._children)
+    _Recording.made.clear()
+    # Stopping before the images: nothing is started.
+    assert main([*args, "--measure-processes", "2", "--stop-after", "text", "--overwrite"]) == 0
+    assert len(warmed) == 1 and not _Recording.made
+
+
+class _Recording(MeasurePool):
+    made: ClassVar[list[MeasurePool]] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.made.append(self)
+
+
 def test_auto_is_one_child_per_core_on_the_local_runner_only() -> None:
     cfg = CurationConfig()
     assert cfg.measure_processes == -1
@@ -252,3 +316,75 @@ def test_pipeline_without_children_measures_in_its_threads(tmp_path, monkeypatch
     assert len(warnings) == 1 and "no_such_module" in warnings[0].getMessage()
     kept = {name: sorted(r["uid"] for r in run[0]) for name, run in runs.items()}
     assert kept["broken"] == kept["none"] and len(kept["none"]) == 12
+
+
+# --- Language detection in the measuring processes (the in-memory runner's text rules).
+
+
+def _caption_items() -> list[tuple[str, str | None]]:
+    texts = pq.read_table(require(LAION_PARQUET), columns=["TEXT"]).column(0).to_pylist()
+    hints = [None, "en", "de-DE", "fr", None, "xx"]
+    return [(t or "", hints[i % len(hints)]) for i, t in enumerate(texts)]
+
+
+@pytest.mark.parametrize("detector", ["langdetect", "cld2"])
+def test_children_detect_languages_as_this_process_does(detector: str) -> None:
+    items = _caption_items()
+    with MeasurePool(2, CurationConfig(), timeout=120) as pool:
+        pool.prepare_languages(detector)
+        got = pool.detect_languages(items, detector)
+        assert pool.detect_languages(items[:1], detector) == got[:1]  # one child's part
+    want = detect_languages(items, detector)
+    assert got == want and len(set(want)) > 3  # English and others, some undetermined
+
+
+def test_a_language_child_that_dies_is_an_error_then_replaced() -> None:
+    items = _caption_items() * 20  # seconds of work: the kill lands mid-request
+    with MeasurePool(1, CurationConfig(), timeout=120) as pool:
+        pool.detect_languages(items[:2], "langdetect")  # up, model loaded
+        child = pool._children[0]
+        killer = threading.Timer(0.3, child.proc.kill)
+        killer.start()
+        started = time.monotonic()
+        with pytest.raises(MeasureError, match="language detection"):
+            pool.detect_languages(items, "langdetect")
+        assert time.monotonic() - started < 60
+        killer.join()
+        # The next call starts a new child and answers.
+        assert pool.detect_languages(items[:4], "langdetect") == detect_languages(items[:4])
+        assert pool._children[0] is not child
+
+
+def test_text_rules_detect_in_the_warm_children_with_the_same_answers(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    calls = []
+    real = MeasurePool.detect_languages
+
+    def counted(self, items, detector):
+        calls.append(len(items))
+        return real(self, items, detector)
+
+    monkeypatch.setattr(MeasurePool, "detect_languages", counted)
+    langs = {}
+    for name, processes in (("children", "2"), ("here", "0")):
+        out = tmp_path / name
+        args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from"]
+        assert main([*args, "archive", "--measure-processes", processes]) == 0
+        kept, _, _ = check_invariant(out)
+        langs[name] = sorted((r["uid"], r["text_lang"]) for r in kept)
+    assert calls and langs["children"] == langs["here"]
+    assert any(lang for _, lang in langs["here"])
+
+    # Children whose detection fails: the stage says so once and detects here.
+    def failing(self, items, detector):
+        raise MeasureError("a child died")
+
+    monkeypatch.setattr(MeasurePool, "detect_languages", failing)
+    out = tmp_path / "failing"
+    args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from"]
+    assert main([*args, "archive", "--measure-processes", "2"]) == 0
+    kept, _, _ = check_invariant(out)
+    assert sorted((r["uid"], r["text_lang"]) for r in kept) == langs["here"]
+    warned = [r for r in caplog.records if "language detection in the measuring" in r.getMessage()]
+    assert len(warned) == 1
