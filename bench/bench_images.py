@@ -47,6 +47,8 @@ from images_e2e import (
     profile_table,
     stage_rows,
     stage_table,
+    whole_runs,
+    whole_table,
 )
 
 import curation
@@ -175,6 +177,18 @@ def machine(i2d_exe: str) -> str:
     )
 
 
+def large_summary(rel: dict[str, float], args: argparse.Namespace) -> str:
+    """The summary's sentence on the whole runs of --large URLs (none without them)."""
+    if not rel:
+        return ""
+    ours_rel, split_rel, _ = rel.values()
+    return (
+        f" On {args.large:,} URLs, start-up included, ours without NSFW keeps {ours_rel:.2f}× "
+        f"img2dataset's default images/s over the whole run, and {ours_rel / split_rel:.2f}× "
+        "those of img2dataset in 4 shards."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run both parts, print the markdown, and with --write update BENCHMARKS.md."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
@@ -186,10 +200,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--img2dataset", default="/tmp/i2d/bin/img2dataset", help="its own venv")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per end-to-end run")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_images")
+    ap.add_argument(
+        "--large",
+        type=int,
+        default=0,
+        help="also whole runs on this many URLs, without NSFW, where start-up weighs less",
+    )
     ap.add_argument("--write", action="store_true", help="rewrite the section in BENCHMARKS.md")
     args = ap.parse_args(argv)
     if not 0 < args.small < args.n:
         ap.error("--small must be above 0 and below --n (the rate at scale is their difference)")
+    if args.large and args.large <= args.n:
+        ap.error("--large must be above --n")
     started = time.perf_counter()
     roots = [DATA / "images", DATA / "evalsets"]
     named, skipped = real_images(roots)
@@ -234,6 +256,32 @@ def main(argv: Sequence[str] | None = None) -> None:
             args.n, args.small, args.hosts, args.rounds, args.timeout, Path(tmp), folder, tools
         )
     e2e, rel, rel_scale = e2e_table(tools, res, args.n, args.small)
+    large, large_text = {}, ""
+    if args.large:
+        big = [
+            tools[1],
+            Tool(
+                f"img2dataset, --number_sample_per_shard {math.ceil(args.large / 4)}",
+                i2d(args.img2dataset, math.ceil(args.large / 4)),
+                i2d_kept,
+            ),
+            tools[-1],
+        ]
+        big_folder, _ = corpus(args.large, lambda: source_photos(named), args.cache)
+        with tempfile.TemporaryDirectory(prefix="bench_images-") as tmp:
+            res_big = whole_runs(
+                args.large, args.hosts, args.rounds, args.timeout, Path(tmp), big_folder, big
+            )
+        large_table, large = whole_table(big, res_big, args.large)
+        large_text = f"""
+
+Whole runs on {args.large:,} URLs (the same kind of corpus, {args.large:,} images, made and
+cached the same way; the same flags), where the start-up weighs less: ours without NSFW,
+img2dataset split into 4 shards and img2dataset's default run, {args.rounds} rounds
+interleaved (order rotated); ratio = kept images/s over img2dataset's default run in the
+same round.
+
+{large_table}"""
     ours_wall = statistics.median(res["walls"][tools[0].name, args.n])
     i2d_wall = statistics.median(res["walls"][tools[-1].name, args.n])
     core_s = ours_wall * len(os.sched_getaffinity(0))
@@ -268,7 +316,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     code, prefix = code_measured()
     command = f"{prefix}python bench/bench_images.py --n {args.n} --small {args.small} "
     command += f"--rounds {args.rounds} "
-    command += f"--repeats {args.repeats} --write"
+    command += f"--repeats {args.repeats} " + (f"--large {args.large} " if args.large else "")
+    command += "--write"
     title = "Image stage: per-core cost of each step, end to end vs img2dataset"
     section = f"""## {title} (`bench/bench_images.py`)
 
@@ -292,7 +341,7 @@ this machine's CPUs: open_nsfw alone needs at least {nsfw_floor:.1f} s of all {c
 for {args.n:,} images ({d - c:.1f} ms an image a core), {nsfw_floor / i2d_wall:.1f}× the
 {i2d_wall:.1f} s img2dataset takes for everything; the model needs an accelerator
 (RunInference on a GPU worker) or a cheaper model. Our top time sinks, as shares of our wall
-time with NSFW (core-seconds, wall × {cores} cores): {sinks}.
+time with NSFW (core-seconds, wall × {cores} cores): {sinks}.{large_summary(large, args)}
 
 ### Per core, on the real images
 
@@ -336,7 +385,7 @@ each a fresh process with a {args.timeout:.0f} s limit. Ratio = our kept images/
 img2dataset's (default run) in the same round; "at scale" = (kept at {args.n:,} − kept at
 {args.small:,}) / (wall at {args.n:,} − wall at {args.small:,}), the rate once started.
 
-{e2e}
+{e2e}{large_text}
 
 The work differs: ours fetches robots.txt per host, applies the text rules, detects the
 language of every caption, reads every header, decodes a small copy, hashes (pHash, sha256),

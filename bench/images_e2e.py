@@ -205,6 +205,9 @@ def corpus_facts(folder: Path, hashes: list[str]) -> str:
     )
 
 
+_ENV = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}  # no update check from albumentations
+
+
 def end_to_end(
     n: int,
     small: int,
@@ -224,32 +227,79 @@ def end_to_end(
     lists = {n: work / "urls.parquet", small: work / "urls-small.parquet"}
     for size, lst in lists.items():
         write_url_list(lst, urls[:size], texts[:size])
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}  # no update check from albumentations
     runs = [(t, size) for t in tools for size in (n, small)]
-    walls: dict[tuple[str, int], list[float]] = {(t.name, size): [] for t, size in runs}
-    kept: dict[tuple[str, int], list[int]] = {(t.name, size): [] for t, size in runs}
     server = LocalServer(folder, ports)
     try:
-        for r in range(rounds):
-            k = r % len(runs)
-            for t, size in [*runs[k:], *runs[:k]]:
-                i, key = runs.index((t, size)), (t.name, size)
-                out = work / f"out-{i}"
-                shutil.rmtree(out, ignore_errors=True)
-                lst = lists[size]
-                walls[key].append(timed_run(t.argv(lst, out), env, timeout, work / f"{i}.log"))
-                kept[key].append(t.kept(out))
-                print(f"round {r}: {t.name}, {size}: {walls[key][-1]:.1f} s", file=sys.stderr)
+        walls, kept = run_rounds(runs, lists, rounds, timeout, work)
         stats = json.loads((work / "out-0" / "stats.json").read_text())
         stages = stage_times(urls, texts, min(n, 256), work)
         prof_out = work / "out-prof"
-        profile = profile_by_package(tools[1].argv(lists[n], prof_out), env, timeout, work)
+        profile = profile_by_package(tools[1].argv(lists[n], prof_out), _ENV, timeout, work)
     finally:
         server.close()
     return {"walls": walls, "kept": kept, "stats": stats, "stages": stages, "profile": profile}
 
 
+def whole_runs(
+    n: int, hosts: int, rounds: int, timeout: float, work: Path, folder: Path, tools: list[Tool]
+) -> dict:
+    """Every tool `rounds` times on the same n URLs, interleaved (order rotated): the whole
+    run's wall and kept images, start-up included."""
+    ports = free_ports(hosts)
+    urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/{i:05d}.jpg" for i in range(n)]
+    lists = {n: work / "urls.parquet"}
+    write_url_list(lists[n], urls, captions(n, SEED))
+    server = LocalServer(folder, ports)
+    try:
+        walls, kept = run_rounds([(t, n) for t in tools], lists, rounds, timeout, work)
+    finally:
+        server.close()
+    return {"walls": walls, "kept": kept}
+
+
+def run_rounds(
+    runs: list[tuple[Tool, int]], lists: dict[int, Path], rounds: int, timeout: float, work: Path
+) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], list[int]]]:
+    """Each (tool, list size) once a round, in a fresh process, the order rotated round by
+    round; the walls and kept counts by (tool name, size)."""
+    walls: dict[tuple[str, int], list[float]] = {(t.name, size): [] for t, size in runs}
+    kept: dict[tuple[str, int], list[int]] = {(t.name, size): [] for t, size in runs}
+    for r in range(rounds):
+        k = r % len(runs)
+        for t, size in [*runs[k:], *runs[:k]]:
+            i, key = runs.index((t, size)), (t.name, size)
+            out = work / f"out-{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            walls[key].append(timed_run(t.argv(lists[size], out), _ENV, timeout, work / f"{i}.log"))
+            kept[key].append(t.kept(out))
+            print(f"round {r}: {t.name}, {size}: {walls[key][-1]:.1f} s", file=sys.stderr)
+    return walls, kept
+
+
 # --- Tables for the report.
+
+
+def whole_table(tools: list[Tool], res: dict, n: int) -> tuple[str, dict[str, float]]:
+    """The whole runs' table, and per tool the median of its per-round ratio of kept
+    images/s to the baseline's (the last tool)."""
+    walls, kept, base = res["walls"], res["kept"], tools[-1].name
+    lines = [
+        f"| run, {n:,} URLs | wall s, median (min–max) | kept | kept images/s "
+        f"| images/s × {base} (min–max) |",
+        "|---|--:|--:|--:|--:|",
+    ]
+    rel = {}
+    for t in tools:
+        w, k = walls[t.name, n], kept[t.name, n]
+        rs = [(a / b) / (c / d) for a, b, c, d in
+              zip(k, w, kept[base, n], walls[base, n], strict=True)]  # fmt: skip
+        rel[t.name] = statistics.median(rs)
+        lines.append(
+            f"| {t.name} | {statistics.median(w):.1f} ({min(w):.1f}–{max(w):.1f}) | "
+            f"{statistics.median(k):,.0f} | {statistics.median(k) / statistics.median(w):,.1f} | "
+            f"{rel[t.name]:.2f} ({min(rs):.2f}–{max(rs):.2f}) |"
+        )
+    return "\n".join(lines), rel
 
 
 def e2e_table(
