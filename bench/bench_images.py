@@ -177,6 +177,14 @@ def machine(i2d_exe: str) -> str:
     )
 
 
+def startup(res: dict, name: str, args: argparse.Namespace) -> float:
+    """A tool's start-up: where the line through its median (URLs, wall) points of the
+    short and the full list meets zero URLs."""
+    walls = res["walls"]
+    small, full = (statistics.median(walls[name, n]) for n in (args.small, args.n))
+    return small - args.small * (full - small) / (args.n - args.small)
+
+
 def large_summary(rel: dict[str, float], args: argparse.Namespace) -> str:
     """The summary's sentence on the whole runs of --large URLs (none without them)."""
     if not rel:
@@ -279,7 +287,7 @@ Whole runs on {args.large:,} URLs (the same kind of corpus, {args.large:,} image
 cached the same way; the same flags), where the start-up weighs less: ours without NSFW,
 img2dataset split into 4 shards and img2dataset's default run, {args.rounds} rounds
 interleaved (order rotated); ratio = kept images/s over img2dataset's default run in the
-same round.
+same round. Our funnel: {funnel(res_big["stats"])}.
 
 {large_table}"""
     ours_wall = statistics.median(res["walls"][tools[0].name, args.n])
@@ -300,7 +308,7 @@ same round.
     med = {s.name: statistics.median(times[s.name]) / len(images) * 1e3 for s in STEPS}
     a, b, c, d, bf = (med[STEPS[i].name] for i in (0, 1, 3, 4, 2))
 
-    on, off, split = tools[0].name, tools[1].name, tools[-2].name
+    on, off, split, base = tools[0].name, tools[1].name, tools[-2].name, tools[-1].name
     cores = len(everything)
     # The least wall time open_nsfw alone can take on this machine: its per-core cost on
     # every image, every core busy with nothing else.
@@ -331,7 +339,8 @@ the hash {b - a:.2f} ms more (a full decode would cost {bf - a:.2f} ms), pHash +
 {c - b:.2f} ms, open_nsfw with its own decode {d - c:.1f} ms: NSFW is {(d - c) / a:.0f}× the
 header. End to end on {args.n:,} local URLs, ours keeps {rel[on]:.2f}× img2dataset's images/s
 with NSFW ({rel[off]:.2f}× without) over the whole run; at scale (the extra images per extra second
-from {args.small:,} to {args.n:,} URLs, which leaves out each tool's start-up: Beam's is ~8 s)
+from {args.small:,} to {args.n:,} URLs, which leaves out each tool's start-up: ours
+~{startup(res, off, args):.1f} s without NSFW, img2dataset's ~{startup(res, base, args):.1f} s)
 {rel_scale[on]:.2f}× with NSFW and {rel_scale[off]:.2f}× without. The target (at least
 img2dataset's images/s, while doing more work) is **{verdict}**, against img2dataset's default
 run; split into {math.ceil(args.n / per_shard)} shards, so that both its processes work,

@@ -244,7 +244,7 @@ def whole_runs(
     n: int, hosts: int, rounds: int, timeout: float, work: Path, folder: Path, tools: list[Tool]
 ) -> dict:
     """Every tool `rounds` times on the same n URLs, interleaved (order rotated): the whole
-    run's wall and kept images, start-up included."""
+    run's wall and kept images, start-up included; the first tool (ours) writes stats.json."""
     ports = free_ports(hosts)
     urls = [f"http://127.0.0.1:{ports[i % len(ports)]}/{i:05d}.jpg" for i in range(n)]
     lists = {n: work / "urls.parquet"}
@@ -254,7 +254,8 @@ def whole_runs(
         walls, kept = run_rounds([(t, n) for t in tools], lists, rounds, timeout, work)
     finally:
         server.close()
-    return {"walls": walls, "kept": kept}
+    stats = json.loads((work / "out-0" / "stats.json").read_text())  # the first tool's
+    return {"walls": walls, "kept": kept, "stats": stats}
 
 
 def run_rounds(

@@ -247,8 +247,9 @@ class CurationConfig:
         "under OUTPUT/_spool-*, read back by the writer; only references cross the "
         "shuffles), shuffle (inside the records, through every shuffle), or auto (spool on "
         "the local runner, shuffle elsewhere)",
-        "measured on the local runner, 2,000 images: whole-run wall 1.4-2.7 s lower in three "
-        "side-by-side runs (BENCHMARKS.md), peak memory 1.45 -> 0.83 GB",
+        "measured on the local runner, 2,000 images: peak memory 1.45 -> 0.83 GB; whole-run "
+        "wall 1.4-2.7 s lower in three side-by-side runs, within noise once the measuring "
+        "children start with the run (BENCHMARKS.md)",
     )
     respect_robots: bool = _opt(True, "honour robots.txt (cached per host)", "politeness")
     respect_opt_out: bool = _opt(

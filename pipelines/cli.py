@@ -528,7 +528,7 @@ def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[st
     # The earlier run's config.yaml holds the speed settings its runner settled ('auto'
     # resolved: one measuring process per core, the spool on a local run); the retry may run
     # elsewhere (a local run retried on Dataflow), so they are settled again for its runner,
-    # unless given again. They change no result (tests/test_spool.py, test_measure_pool.py).
+    # unless given again. They change no result (tests/test_spool.py, tests/test_measure.py).
     base = {**base, **RUNNER_SETTLED}
     try:
         cfg = CurationConfig.from_mapping({**base, **_file_overrides(args.config), **overrides})
