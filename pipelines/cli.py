@@ -387,7 +387,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
         )
     # Options first: a Dataflow submission missing --region fails before anything is read.
     options = _pipeline_options(beam_args, [*args.input, args.output])
-    cfg = resolve_runtime_defaults(cfg, options)
+    given, cfg = cfg, resolve_runtime_defaults(cfg, options)
     inputs = expand_inputs(args.input)
     check_tables(inputs, cfg)
     prepare_output(args.output, args.overwrite)
@@ -395,8 +395,9 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from pipelines.io import join, write_atomic
     from pipelines.run import CONFIG_FILE, run
 
-    write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
-    print(f"curate: {len(inputs)} input file(s) -> {args.output}", file=sys.stderr)
+    # As given, 'auto' kept: a rerun or a retry elsewhere settles it for its own runner.
+    write_atomic(join(args.output, CONFIG_FILE), given.to_yaml().encode())
+    print(f"curate: {len(inputs)} input file(s) -> {args.output}{_settled(cfg)}", file=sys.stderr)
     from pipelines.progress import Reporter
 
     with Reporter(interval=args.progress_interval):
@@ -406,12 +407,12 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0 if ok else 1
 
 
-# The config keys whose 'auto' value resolve_runtime_defaults settles for the runner.
-RUNNER_SETTLED: dict[str, Any] = {
-    "nsfw_threads": -1,
-    "measure_processes": -1,
-    "image_transport": "auto",
-}
+def _settled(cfg: CurationConfig) -> str:
+    # What the runner's speed settings came to (config.yaml keeps them as given).
+    return (
+        f" (image transport {cfg.image_transport}, measuring processes "
+        f"{cfg.measure_processes}, NSFW threads {cfg.nsfw_threads or 'all cores'})"
+    )
 
 
 def resolve_runtime_defaults(cfg: CurationConfig, options: Any) -> CurationConfig:
@@ -525,20 +526,18 @@ def cmd_retry(args: argparse.Namespace, beam_args: list[str], overrides: dict[st
         stats = json.loads(read_bytes(join(previous, STATS_FILE)))
     except Exception as e:
         raise CurateError(f"--retry-failed {previous!r}: not a finished run ({e})") from e
-    # The earlier run's config.yaml holds the speed settings its runner settled ('auto'
-    # resolved: one measuring process per core, the spool on a local run); the retry may run
-    # elsewhere (a local run retried on Dataflow), so they are settled again for its runner,
-    # unless given again. They change no result (tests/test_spool.py, tests/test_measure.py).
-    base = {**base, **RUNNER_SETTLED}
     try:
         cfg = CurationConfig.from_mapping({**base, **_file_overrides(args.config), **overrides})
     except ConfigError as e:
         raise CurateError(str(e)) from e
     options = _pipeline_options(beam_args, [previous, args.output])
-    cfg = resolve_runtime_defaults(cfg, options)
+    given, cfg = cfg, resolve_runtime_defaults(cfg, options)
     prepare_output(args.output, args.overwrite)
-    write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
-    print(f"curate: retrying transient failures of {previous} -> {args.output}", file=sys.stderr)
+    write_atomic(join(args.output, CONFIG_FILE), given.to_yaml().encode())
+    print(
+        f"curate: retrying transient failures of {previous} -> {args.output}{_settled(cfg)}",
+        file=sys.stderr,
+    )
     with Reporter(interval=args.progress_interval):
         run_retry(previous, args.output, cfg, Funnel.from_json_dict(stats), options)
     text, ok = summarize(args.output)

@@ -330,7 +330,7 @@ class DetectLanguageFn(beam.DoFn):
                 logging.getLogger(__name__).warning(
                     "language detection in the measuring processes failed (%s); "
                     "detecting in this process instead",
-                    str(e).splitlines()[0],
+                    (str(e).splitlines() or [type(e).__name__])[0],
                 )
                 self.pool = None
         if langs is None:

@@ -334,6 +334,8 @@ class MeasurePool:
 
         Raises MeasureError if a part fails in any way (an exception there, a child that
         dies or does not answer within the timeout): the caller detects here instead."""
+        if not items:
+            return []
         with self._lock:
             if self._unavailable is not None:
                 raise self._unavailable
@@ -417,9 +419,12 @@ _WARM_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def warm_pool(processes: int, cfg: CurationConfig, timeout: float, target: str) -> Iterator[None]:
+def warm_pool(
+    processes: int, cfg: CurationConfig, timeout: float, target: str, languages: bool = False
+) -> Iterator[None]:
     """Start a pool's children now, for this process's first `take_pool` with the same
-    arguments; on leaving, close the pool if nothing took it.
+    arguments; on leaving, close the pool if nothing took it. With `languages`, each child
+    also loads cfg's language detector (for `borrow_warm_pool`'s user).
 
     The local runner builds and translates the pipeline and runs the text rules (seconds)
     before its first image is fetched, while the other cores idle; the children import
@@ -430,7 +435,7 @@ def warm_pool(processes: int, cfg: CurationConfig, timeout: float, target: str) 
     except PoolUnavailable:
         yield  # the fetch step finds out again, and says so
         return
-    if cfg.detect_language:
+    if languages:
         pool.prepare_languages(cfg.language_detector)
     with _WARM_LOCK:
         _WARM.append(((processes, cfg, timeout, target), pool))

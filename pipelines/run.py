@@ -149,6 +149,12 @@ def spool_directory(output: str, cfg: CurationConfig) -> str | None:
     return new_spool_directory(output)
 
 
+def retry_fetch_config(cfg: CurationConfig) -> CurationConfig:
+    """The config the retry's image stage runs with."""
+    # Transient failures are network failures: the retry fetches over HTTP.
+    return dataclasses.replace(cfg, images_from="http")
+
+
 def build_retry_pipeline(
     p: beam.Pipeline, previous: str, output: str, cfg: CurationConfig, funnel: Funnel
 ) -> None:
@@ -167,8 +173,7 @@ def build_retry_pipeline(
     )
     retry = rejected_prev[1] | "Retry candidates" >> beam.Map(lambda r: r.candidate)
     prior = kept_prev | "Prior hashes" >> beam.Map(lambda c: (c.uid, c.phash))
-    # Transient failures are network failures: the retry fetches over HTTP.
-    http = dataclasses.replace(cfg, images_from="http")
+    http = retry_fetch_config(cfg)
     spool = spool_directory(output, cfg)
     images = retry | "Images" >> ImageStage(retry, [], http, prior=prior, spool=spool)
     kept = (kept_prev, images[KEPT]) | "All kept" >> beam.Flatten()
@@ -311,12 +316,14 @@ def run_retry(
     """Build and run the --retry-failed pipeline to completion."""
     options = options or PipelineOptions([])
     runner = make_runner(options)
-    with _warm_measuring(cfg, options, True), beam.Pipeline(runner=runner, options=options) as p:
+    # The pool its image stage takes; a retry detects no languages (no text rules run).
+    warm = _warm_measuring(retry_fetch_config(cfg), options, True, languages=False)
+    with warm, beam.Pipeline(runner=runner, options=options) as p:
         build_retry_pipeline(p, previous, output, cfg, funnel)
 
 
 def _warm_measuring(
-    cfg: CurationConfig, options: PipelineOptions, fetches: bool
+    cfg: CurationConfig, options: PipelineOptions, fetches: bool, languages: bool = True
 ) -> contextlib.AbstractContextManager[None]:
     """On the in-memory runner, start the measuring processes while the pipeline is built
     and its text rules run: its fetch step, in this process, takes them warm."""
@@ -326,4 +333,6 @@ def _warm_measuring(
         return contextlib.nullcontext()
     from pipelines import images  # its MEASURE_TARGET, which tests may swap
 
-    return warm_pool(cfg.measure_processes, cfg, cfg.measure_timeout, images.MEASURE_TARGET)
+    languages = languages and cfg.detect_language
+    target = images.MEASURE_TARGET
+    return warm_pool(cfg.measure_processes, cfg, cfg.measure_timeout, target, languages)

@@ -281,3 +281,19 @@ class Unpicklable:
 
     def __reduce__(self) -> tuple:
         return _explode, ()
+
+
+@pytest.fixture
+def pools_made(monkeypatch) -> list:
+    """Every MeasurePool made while the test runs (started early or not), in order."""
+    from pipelines import measure_pool
+
+    made: list = []
+
+    class Recording(measure_pool.MeasurePool):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(measure_pool, "MeasurePool", Recording)
+    return made

@@ -132,17 +132,15 @@ def test_sample_text_stage(tmp_path, capsys) -> None:
     }
     assert stats["extract"][reasons.DUPLICATE_CAPTURE] == 6
     assert stats["read"][reasons.HTML_PAGES] == 9
-    printed = capsys.readouterr().out
-    assert "invariant OK: extracted 38 = kept 19 + rejected 19" in printed
+    printed = capsys.readouterr()
+    assert "invariant OK: extracted 38 = kept 19 + rejected 19" in printed.out
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    # The written config is resolved: 'auto' NSFW threads and measuring processes became one
-    # per core, and the image bytes go through the spool (local run).
-    assert CurationConfig.from_mapping(cfg) == dataclasses.replace(
-        CurationConfig(),
-        nsfw_threads=0,
-        measure_processes=len(os.sched_getaffinity(0)),
-        image_transport="spool",
-    )
+    # The written config is the one given: 'auto' stays auto, for whichever runner reruns
+    # it; what this runner made of it is on stderr.
+    assert CurationConfig.from_mapping(cfg) == CurationConfig()
+    cores = len(os.sched_getaffinity(0))
+    settled = f"(image transport spool, measuring processes {cores}, NSFW threads all cores)"
+    assert settled in printed.err
 
 
 def test_sample_end_to_end_with_images_from_the_archive(tmp_path) -> None:

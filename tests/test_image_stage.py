@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 
 import pytest
@@ -121,7 +120,9 @@ def test_resize_keep_ratio(tmp_path, server: ImageServer) -> None:
     assert Image.open(io.BytesIO(row["image"])).size == (256, 192)
 
 
-def test_retry_failed_reruns_only_transient_failures(tmp_path, server: ImageServer) -> None:
+def test_retry_failed_reruns_only_transient_failures(
+    tmp_path, server: ImageServer, pools_made
+) -> None:
     server.images["/second.jpg"] = jpeg_bytes((400, 300), colour=200)
     rows = [
         ("/ok.jpg", "white stripes painted on a blue wall"),
@@ -134,26 +135,29 @@ def test_retry_failed_reruns_only_transient_failures(tmp_path, server: ImageServ
         "url\tcaption\n" + "".join(f"{server.base}{path}\t{text}\n" for path, text in rows)
     )
     first, second = tmp_path / "first", tmp_path / "second"
-    args = ["--images-from", "http", "--allow-private-network", "true", "--max-retries", "0"]
+    args = ["--allow-private-network", "true", "--max-retries", "0"]  # images: auto -> http
     args += ["--near-dup-distance", "-1"]  # ok.jpg and its retry are the same picture
-    args += ["--image-transport", "shuffle", "--measure-processes", "0"]  # settled again below
+    args += ["--image-transport", "shuffle"]  # given: the retry keeps it
     assert main(["run", "--input", str(table), "--output", str(first), *args]) == 0
     kept1, rejected1, stats1 = check_invariant(first)
     assert {r["reason"] for r in rejected1} == {"http_503", "http_404", "text_filename"}
     hits_before = dict(server.hits)
 
+    pools_made.clear()
     assert main(["run", "--retry-failed", str(first), "--output", str(second)]) == 0
+    # One measuring pool, started with the retry and taken by its fetch step, and closed.
+    assert len(pools_made) == 1
+    assert all(c.proc.poll() is not None for c in pools_made[0]._children)
     kept2, rejected2, stats2 = check_invariant(second)
     assert sorted(r["alt_text"] for r in kept2) == sorted([rows[0][1], rows[1][1]])
     assert {r["reason"] for r in rejected2} == {"http_404", "text_filename"}
     assert stats2["totals"]["extracted"] == stats1["totals"]["extracted"]
     assert stats2["read"] == stats1["read"] and stats2["extract"] == stats1["extract"]
-    # The speed settings are the retry runner's own; the rest is the first run's config.
+    # The retry runs with the first run's config as given: a setting given is kept, 'auto'
+    # stays auto (settled for the retry's own runner).
     cfg1, cfg2 = (yaml.safe_load((o / "config.yaml").read_text()) for o in (first, second))
-    assert (cfg1["image_transport"], cfg1["measure_processes"]) == ("shuffle", 0)
-    assert cfg2["image_transport"] == "spool"
-    assert cfg2["measure_processes"] == len(os.sched_getaffinity(0))
-    assert cfg2["max_retries"] == cfg1["max_retries"] == 0
+    assert cfg1 == cfg2
+    assert (cfg2["image_transport"], cfg2["measure_processes"]) == ("shuffle", -1)
     # Only the transient failure was fetched again.
     assert server.hits["/503-then-ok.jpg"] == hits_before["/503-then-ok.jpg"] + 1
     assert server.hits["/404.jpg"] == hits_before["/404.jpg"]
