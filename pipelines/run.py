@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import os
 
 import apache_beam as beam
@@ -257,6 +258,13 @@ def _text_stage(candidates, raw, cfg: CurationConfig):
     return kept, rejected, bad
 
 
+# _RUN_FROZEN: the local runner executes the pipeline in this process, where the modules
+# (Beam's above all) and the built graph are hundreds of thousands of objects that live as
+# long as the run. Every full garbage collection walks them all, and full collections come
+# more often as the runner buffers the records. Frozen (gc.freeze) they are never walked:
+# full collections took 1.02-1.09 s of a 10,000-URL run before, 0.24-0.26 s after (two runs
+# each, gc.callbacks). They are unfrozen when the run ends, as garbage is collected again.
+
 # The runner names that make_runner turns into the FnApiRunner, in this process.
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 
@@ -301,9 +309,13 @@ def run(
     options = options or PipelineOptions([])
     runner = make_runner(options)
     warm = _warm_measuring(cfg, options, stop_after == reasons.STAGE_IMAGE)
-    # The pipeline runs as its `with` ends, inside the warm pool's.
-    with warm, beam.Pipeline(runner=runner, options=options) as p:
-        build_pipeline(p, inputs, output, cfg, stop_after)
+    try:
+        # The pipeline runs as its `with` ends, inside the warm pool's.
+        with warm, beam.Pipeline(runner=runner, options=options) as p:
+            build_pipeline(p, inputs, output, cfg, stop_after)
+            gc.freeze()  # see _RUN_FROZEN
+    finally:
+        gc.unfreeze()
 
 
 def run_retry(
@@ -318,8 +330,12 @@ def run_retry(
     runner = make_runner(options)
     # The pool its image stage takes; a retry detects no languages (no text rules run).
     warm = _warm_measuring(retry_fetch_config(cfg), options, True, languages=False)
-    with warm, beam.Pipeline(runner=runner, options=options) as p:
-        build_retry_pipeline(p, previous, output, cfg, funnel)
+    try:
+        with warm, beam.Pipeline(runner=runner, options=options) as p:
+            build_retry_pipeline(p, previous, output, cfg, funnel)
+            gc.freeze()  # see _RUN_FROZEN
+    finally:
+        gc.unfreeze()
 
 
 def _warm_measuring(

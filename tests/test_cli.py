@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import io
 import json
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -141,6 +143,31 @@ def test_sample_text_stage(tmp_path, capsys) -> None:
     cores = len(os.sched_getaffinity(0))
     settled = f"(image transport spool, measuring processes {cores}, NSFW threads all cores)"
     assert settled in printed.err
+
+
+def test_the_run_freezes_the_heap_while_it_runs_and_unfreezes_it(tmp_path, monkeypatch) -> None:
+    """The graph and modules are frozen for the run's garbage collections (pipelines/run.py
+    _RUN_FROZEN), then unfrozen, even when the run fails."""
+    frozen_during = []
+    real_freeze = gc.freeze
+
+    def freeze() -> None:
+        real_freeze()
+        frozen_during.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(gc, "freeze", freeze)
+    out = tmp_path / "out"
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out), "--stop-after", "text") == 0
+    assert len(frozen_during) == 1 and frozen_during[0] > 10_000
+    assert gc.get_freeze_count() == 0
+
+    def fail(*_exc) -> None:
+        raise RuntimeError("the runner failed")
+
+    monkeypatch.setattr(beam.Pipeline, "__exit__", fail)  # the run fails after the freeze
+    with pytest.raises(RuntimeError, match="the runner failed"):
+        run_cli("--input", str(SAMPLE_WARC), "--output", str(out), "--overwrite")
+    assert len(frozen_during) == 2 and gc.get_freeze_count() == 0
 
 
 def test_sample_end_to_end_with_images_from_the_archive(tmp_path) -> None:
