@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import gc
 import os
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -307,15 +308,10 @@ def run(
 ) -> None:
     """Build and run the pipeline to completion."""
     options = options or PipelineOptions([])
-    runner = make_runner(options)
+    runner = make_runner(options)  # first: it settles the running mode _warm_measuring reads
     warm = _warm_measuring(cfg, options, stop_after == reasons.STAGE_IMAGE)
-    try:
-        # The pipeline runs as its `with` ends, inside the warm pool's.
-        with warm, beam.Pipeline(runner=runner, options=options) as p:
-            build_pipeline(p, inputs, output, cfg, stop_after)
-            gc.freeze()  # see _RUN_FROZEN
-    finally:
-        gc.unfreeze()
+    build = lambda p: build_pipeline(p, inputs, output, cfg, stop_after)  # noqa: E731
+    _execute(runner, options, warm, build)
 
 
 def run_retry(
@@ -327,12 +323,24 @@ def run_retry(
 ) -> None:
     """Build and run the --retry-failed pipeline to completion."""
     options = options or PipelineOptions([])
-    runner = make_runner(options)
+    runner = make_runner(options)  # first: it settles the running mode _warm_measuring reads
     # The pool its image stage takes; a retry detects no languages (no text rules run).
     warm = _warm_measuring(retry_fetch_config(cfg), options, True, languages=False)
+    build = lambda p: build_retry_pipeline(p, previous, output, cfg, funnel)  # noqa: E731
+    _execute(runner, options, warm, build)
+
+
+def _execute(
+    runner: PipelineRunner | None,
+    options: PipelineOptions,
+    warm: contextlib.AbstractContextManager[None],
+    build: Callable[[beam.Pipeline], None],
+) -> None:
+    """Build the pipeline with `build` and run it, inside `warm`."""
     try:
+        # The pipeline runs as its `with` ends, inside the warm pool's.
         with warm, beam.Pipeline(runner=runner, options=options) as p:
-            build_retry_pipeline(p, previous, output, cfg, funnel)
+            build(p)
             gc.freeze()  # see _RUN_FROZEN
     finally:
         gc.unfreeze()
