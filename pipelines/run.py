@@ -264,7 +264,7 @@ def _text_stage(candidates, raw, cfg: CurationConfig):
 # long as the run. Every full garbage collection walks them all, and full collections come
 # more often as the runner buffers the records. Frozen (gc.freeze) they are never walked:
 # full collections took 1.02-1.09 s of a 10,000-URL run before, 0.24-0.26 s after (two runs
-# each, gc.callbacks). They are unfrozen when the run ends, as garbage is collected again.
+# each, bench/gc_time.py). They are unfrozen when the run ends, as garbage is collected again.
 
 # The runner names that make_runner turns into the FnApiRunner, in this process.
 LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
