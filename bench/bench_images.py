@@ -382,7 +382,7 @@ child process, one per core; `--measure-processes 0` measures in the fetch threa
 session 5; the fetched bytes wait in a spool file for the shard writer, and only references
 cross the shuffles; `--image-transport shuffle` carries the bytes in the records through
 them, as before session 6; open_nsfw on both cores; the venv holds torch for the trainer,
-which Beam's RunInference module imports at start, 1.8 s, a pipeline-only install does not pay it).
+which Beam's RunInference module would import at start, 2.2 s, and since session 8 does not).
 img2dataset:
 `--input_format parquet --url_col url --caption_col caption --output_format webdataset
 --processes_count 2 --thread_count 32 --resize_mode no --timeout 10`; its default shard of

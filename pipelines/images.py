@@ -495,7 +495,7 @@ class ImageStage(beam.PTransform):
         # 5. NSFW last: the dearest step, on the survivors of every other rule only. The
         # survivors' candidates ride in the key, so no join follows the model.
         if cfg.nsfw:
-            from pipelines.nsfw import score_nsfw  # Beam's RunInference imports torch
+            from pipelines.nsfw import score_nsfw  # Beam's ML modules: ~1 s, only here
 
             scored = (
                 final[TO_SCORE]

@@ -1,28 +1,61 @@
 """open_nsfw inside Beam: a ModelHandler for RunInference (the model loads once per worker
 and runs in batches).
 
-Imported only when the NSFW rule is on: Beam's RunInference module imports torch whenever
-torch is installed (1.8 s a process here, measured with `python -X importtime`), which a
-run without the model should not pay.
+Imported only when the NSFW rule is on, and Beam's RunInference module is imported without
+its ModelManager (see `_inference_base`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import resource
+import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 from typing import Any
-
-from apache_beam.ml.inference.base import (
-    KeyedModelHandler,
-    ModelHandler,
-    PredictionResult,
-    RunInference,
-)
 
 from curation.record import Rejection
 from filters.image import decode
 from filters.nsfw import OpenNsfwScorer
+
+_BASE = "apache_beam.ml.inference.base"
+_MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
+
+
+def _inference_base() -> ModuleType:
+    """Beam's RunInference module, imported without the torch it does not need here.
+
+    Beam 2.77's `base` imports its ModelManager whenever it can, and that module imports
+    torch and scipy: 2.2-2.5 s of every run's start when the trainer's extra is installed
+    (`python -X importtime`). Only `use_model_manager=True` uses it, which this handler does
+    not set, and that path imports the module itself when `base` holds None for it. So the
+    import runs with the ModelManager module marked absent (an ImportError that `base`
+    catches), and the `resource` module, which sits in the same try block and serves
+    RunInference's memory metrics, is put back.
+    """
+    if _BASE in sys.modules:
+        return sys.modules[_BASE]
+    blocked = _MODEL_MANAGER not in sys.modules
+    if blocked:
+        sys.modules[_MODEL_MANAGER] = None  # type: ignore[assignment]
+    try:
+        base = importlib.import_module(_BASE)
+    finally:
+        # Only the marker is removed: a later import of the module itself works as usual.
+        if blocked and sys.modules.get(_MODEL_MANAGER, resource) is None:
+            del sys.modules[_MODEL_MANAGER]
+    if getattr(base, "resource", resource) is None:
+        base.resource = resource
+    return base
+
+
+_base = _inference_base()
+KeyedModelHandler = _base.KeyedModelHandler
+ModelHandler = _base.ModelHandler
+PredictionResult = _base.PredictionResult
+RunInference = _base.RunInference
 
 
 class NsfwModelHandler(ModelHandler[bytes, float, Any]):
