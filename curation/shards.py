@@ -71,17 +71,26 @@ def arrow_table(
     for field in schema:
         values = [row.get(field.name) for row in rows]
         large = pa.types.is_large_binary(field.type)
-        # The fast path takes bytes alone, each below a chunk: anything else (None, str,
-        # bytearray, memoryview, a 2 GiB value) goes to Arrow's own conversion.
+        # The fast path takes bytes and memoryviews of bytes (the spool's mapped files)
+        # alone, each below a chunk: anything else (None, str, bytearray, a 2 GiB value)
+        # goes to Arrow's own conversion.
         if (
             (large or pa.types.is_binary(field.type))
             and values
-            and all(type(v) is bytes and len(v) < chunk_bytes for v in values)
+            and all(_is_blob(v) and len(v) < chunk_bytes for v in values)
         ):
             columns.append(_binary_column(values, field.type, large, chunk_bytes))
         else:
             columns.append(pa.array(values, type=field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _is_blob(value: Any) -> bool:
+    """bytes, or a flat read-only view of bytes (len() counts bytes, join() takes it)."""
+    kind = type(value)
+    return kind is bytes or (
+        kind is memoryview and value.format == "B" and value.ndim == 1 and value.c_contiguous
+    )
 
 
 def _binary_column(
@@ -196,7 +205,7 @@ def _field(number: int, payload: bytes) -> bytes:
 
 def _feature(value: Any) -> bytes:
     values = value if isinstance(value, list | tuple) else [value]
-    if all(isinstance(v, bytes | str) for v in values):
+    if all(isinstance(v, bytes | memoryview | str) for v in values):
         items = b"".join(_field(1, v.encode() if isinstance(v, str) else v) for v in values)
         return _field(1, items)  # BytesList
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):

@@ -14,6 +14,7 @@ import webdataset as wds
 from PIL import Image
 from tfrecord import example_pb2
 
+from curation import shards
 from curation.record import CANDIDATE_SCHEMA
 from curation.shards import encode_example, masked_crc32c, tfrecord_frame, webdataset_bytes
 from pipelines.cli import main
@@ -203,7 +204,8 @@ def test_arrow_table_is_from_pylists_table(chunk_bytes: int) -> None:
     )
     assert a.getvalue() == b.getvalue()
     assert arrow_table([], schema).num_rows == 0
-    # What the fast path does not take goes to Arrow's conversion: str, bytearray, views.
+    # What the fast path does not take goes to Arrow's conversion: str, bytearray; a view
+    # of bytes takes the fast path, with the same result.
     odd = [{"uid": "a", "image": "text", "thumb": bytearray(b"t"), "maybe": memoryview(b"m")}]
     assert arrow_table(odd, schema).equals(pa.Table.from_pylist(odd, schema=schema))
 
@@ -224,16 +226,8 @@ def test_row_groups_close_at_the_byte_limit_whatever_holds_the_bytes() -> None:
     assert row_groups(rows, schema) == [rows]  # the default limit is megabytes
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "tfrecord", "webdataset"])
-def test_a_shard_written_in_row_groups_is_the_same_shard(fmt: str, monkeypatch) -> None:
-    """TFRecord and WebDataset bytes do not depend on the grouping; Parquet holds one row
-    group per group, and the same table."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from curation import shards
-
-    rows = [
+def _kept_rows(n: int) -> list[dict]:
+    return [
         {
             **{f.name: None for f in CANDIDATE_SCHEMA},
             "uid": f"{i:032x}",
@@ -246,8 +240,41 @@ def test_a_shard_written_in_row_groups_is_the_same_shard(fmt: str, monkeypatch) 
             "image_format": "JPEG",
             "image": bytes([i]) * (1000 + i),
         }
-        for i in range(12)
+        for i in range(n)
     ]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "tfrecord", "webdataset"])
+def test_images_as_views_of_a_mapped_spool_make_the_same_shard(fmt: str, tmp_path: Path) -> None:
+    """The shard writer gets a local spool's images as views of the mapped file
+    (pipelines/spool.py): every format writes the bytes it writes from bytes."""
+    from pipelines.spool import SpoolWriter, with_image_bytes
+
+    rows = _kept_rows(12)
+    writer = SpoolWriter(str(tmp_path))
+    spooled = [{**r, "image": writer.put(r["image"])} for r in rows]
+    writer.close()
+    viewed = with_image_bytes(spooled)
+    assert all(type(r["image"]) is memoryview for r in viewed)
+
+    def write(rows: list[dict]) -> bytes:
+        sink = io.BytesIO()
+        shards.write_shard(fmt, rows, CANDIDATE_SCHEMA, sink)
+        return sink.getvalue()
+
+    assert write(viewed) == write(rows)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "tfrecord", "webdataset"])
+def test_a_shard_written_in_row_groups_is_the_same_shard(fmt: str, monkeypatch) -> None:
+    """TFRecord and WebDataset bytes do not depend on the grouping; Parquet holds one row
+    group per group, and the same table."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curation import shards
+
+    rows = _kept_rows(12)
 
     def write(limit: int) -> bytes:
         monkeypatch.setattr(shards, "ROW_GROUP_BYTES", limit)

@@ -69,6 +69,23 @@ def test_rows_get_their_bytes_and_others_stay_as_they_are(tmp_path: Path) -> Non
     assert with_image_bytes(plain) is plain  # nothing to read: no copy
 
 
+def test_the_shard_writer_gets_views_of_the_mapped_spool_file(tmp_path: Path) -> None:
+    first, second = SpoolWriter(str(tmp_path)), SpoolWriter(str(tmp_path))
+    refs = [(first, second)[i % 2].put(bytes([65 + i]) * (10 + i)) for i in range(5)]
+    empty = SpoolWriter(str(tmp_path))
+    nothing = empty.put(b"")  # an empty file cannot be mapped: read as before
+    for w in (first, second, empty):
+        w.close()
+    rows = [{"uid": str(i), "image": r} for i, r in enumerate([*refs, nothing])]
+    got = with_image_bytes(rows)
+    views = [r["image"] for r in got[:5]]
+    assert all(type(v) is memoryview and v.readonly for v in views)
+    assert [bytes(v) for v in views] == [bytes([65 + i]) * (10 + i) for i in range(5)]
+    assert got[5]["image"] == b""
+    remove_spool(str(tmp_path))  # the views outlive the files' names
+    assert [bytes(v) for v in views] == [bytes([65 + i]) * (10 + i) for i in range(5)]
+
+
 def test_a_truncated_spool_file_is_an_error_not_short_bytes(tmp_path: Path) -> None:
     writer = SpoolWriter(str(tmp_path))
     ref = writer.put(b"x" * 100)
@@ -76,6 +93,8 @@ def test_a_truncated_spool_file_is_an_error_not_short_bytes(tmp_path: Path) -> N
     Path(ref.path).write_bytes(b"x" * 60)
     with pytest.raises(OSError, match="ends before byte 100"):
         read_blobs([ref])
+    with pytest.raises(OSError, match="ends before byte 100"):
+        with_image_bytes([{"uid": "a", "image": ref}])  # the mapped path checks too
     with pytest.raises(FileNotFoundError):
         read_blobs([BlobRef(str(tmp_path / "gone.blobs"), 0, 1)])
 
