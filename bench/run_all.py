@@ -33,6 +33,8 @@ FULL = [
     ["bench/bench_runner_memory.py", "--repeats", "2"],
     ["bench/bench_phash.py", "--rounds", "7"],
     ["bench/bench_nsfw_threads.py", "--rounds", "7"],
+    ["bench/bench_startup.py", "--rounds", "7"],
+    ["bench/bench_spool.py", "--n", "10000", "--rounds", "9"],
     ["bench/bench_images.py", "--n", "2000", "--rounds", "3", "--repeats", "9"],
 ]
 QUICK = [
@@ -42,6 +44,8 @@ QUICK = [
     ["bench/bench_runner_memory.py", "--sizes", "10000,100000", "--repeats", "1"],
     ["bench/bench_phash.py", "--rounds", "5"],
     ["bench/bench_nsfw_threads.py", "--rounds", "5"],
+    ["bench/bench_startup.py", "--rounds", "3"],
+    ["bench/bench_spool.py", "--n", "2000", "--rounds", "5"],
     ["bench/bench_images.py", "--n", "500", "--small", "125", "--rounds", "3", "--repeats", "5"],
 ]
 
