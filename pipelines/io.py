@@ -123,8 +123,9 @@ class WriteShardFn(beam.DoFn):
         index, rows = element
         # Sorting by uid makes the bytes independent of arrival order.
         ordered = sorted(rows, key=lambda r: r["uid"])
-        # Spooled images are read here, where they are written out: once for every format,
-        # each spool file in one pass in offset order (uid order, a group at a time, made a
+        # Spooled images are read here, where they are written out: once for every format.
+        # A local spool file is mapped and its images handed out as views (no copy); any
+        # other is read in one pass in offset order (uid order, a group at a time, made a
         # spool in gs:// download 11x the bytes in 12x the requests: review script). The
         # writers then encode a row group at a time (curation/shards.py ROW_GROUP_BYTES).
         ordered = with_image_bytes(ordered)

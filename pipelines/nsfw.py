@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import resource
 import sys
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,11 @@ from typing import Any
 from curation.record import Rejection
 from filters.image import decode
 from filters.nsfw import OpenNsfwScorer
+
+try:
+    import resource
+except ImportError:  # not on Windows; Beam then goes without memory metrics itself
+    resource = None  # type: ignore[assignment]
 
 _BASE = "apache_beam.ml.inference.base"
 _MODEL_MANAGER = "apache_beam.ml.inference.model_manager"
@@ -34,9 +38,13 @@ def _inference_base() -> ModuleType:
     import runs with the ModelManager module marked absent (an ImportError that `base`
     catches), and the `resource` module, which sits in the same try block and serves
     RunInference's memory metrics, is put back.
+
+    This helps the process that builds and runs the pipeline (the local runners' one
+    process). A worker that unpickles the RunInference step imports Beam's module first, as
+    Beam does, torch included: 2 s once per worker process.
     """
-    if _BASE in sys.modules:
-        return sys.modules[_BASE]
+    if _BASE in sys.modules:  # imported already (or being imported: this waits for it)
+        return importlib.import_module(_BASE)
     blocked = _MODEL_MANAGER not in sys.modules
     if blocked:
         sys.modules[_MODEL_MANAGER] = None  # type: ignore[assignment]
@@ -44,9 +52,9 @@ def _inference_base() -> ModuleType:
         base = importlib.import_module(_BASE)
     finally:
         # Only the marker is removed: a later import of the module itself works as usual.
-        if blocked and sys.modules.get(_MODEL_MANAGER, resource) is None:
+        if blocked and _MODEL_MANAGER in sys.modules and sys.modules[_MODEL_MANAGER] is None:
             del sys.modules[_MODEL_MANAGER]
-    if getattr(base, "resource", resource) is None:
+    if resource is not None and getattr(base, "resource", resource) is None:
         base.resource = resource
     return base
 

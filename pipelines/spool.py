@@ -112,8 +112,8 @@ def with_image_bytes(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     file, not as copies: the shard writers copy them once, into their own buffers. Inside
     `curate run`, copying a 10,000-image shard's 652 MB took 0.4-1.8 s of the single-core
     shard step, mostly first touches of fresh memory; with views the step went from
-    3.95-4.15 s to 1.95-2.77 s (BENCHMARKS.md, bench/bench_spool.py). A mapping lives as
-    long as a view of it: nothing to close.
+    3.95-4.15 s to 1.95-2.77 s (BENCHMARKS.md, bench/bench_spool.py). A mapping, and its
+    file descriptor, live as long as a view of it: nothing to close.
     """
     refs = [r["image"] for r in rows if isinstance(r.get("image"), BlobRef)]
     if not refs:
@@ -125,15 +125,29 @@ def with_image_bytes(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     ]
 
 
+# A mapping holds a file descriptor while it lives (Python < 3.13 duplicates it), and a
+# shard's rows point into every spool file of the run: past this many files, the rest are
+# copied as before, so that a run of many small bundles stays far below `ulimit -n` (1024).
+MAX_MAPPED_FILES = 64
+
+
 def read_blob_views(refs: Iterable[BlobRef]) -> dict[BlobRef, bytes | memoryview]:
-    """read_blobs, except that refs into local spool files come as views of the mapped file."""
+    """read_blobs, except that refs into local spool files come as views of the mapped file
+    (the first MAX_MAPPED_FILES files of the call; the others as copies).
+
+    A spool file is written once and never changed: a view checks its range against the
+    file's size when mapped, but a file truncated later by something else would end the
+    process with SIGBUS where a read raised OSError.
+    """
     by_path: dict[str, list[BlobRef]] = {}
     for ref in refs:
         by_path.setdefault(ref.path, []).append(ref)
     out: dict[BlobRef, bytes | memoryview] = {}
+    mapped = 0
     for path, wanted in sorted(by_path.items()):
-        view = _mapped(path)
-        if view is None:  # object stores, or an empty file: read as before
+        view = _mapped(path) if mapped < MAX_MAPPED_FILES else None
+        mapped += view is not None
+        if view is None:  # object stores, empty files, files past the cap: read as before
             out.update(read_blobs(wanted))
             continue
         for ref in wanted:
@@ -150,7 +164,7 @@ def _mapped(path: str) -> memoryview | None:
     """A read-only view of a whole local file, or None where it cannot be mapped."""
     if "://" in path or not isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
         return None
-    with open(path, "rb") as fh:  # the mapping outlives the descriptor
+    with open(path, "rb") as fh:  # the mapping keeps a duplicate of the descriptor
         if not fh.seek(0, 2):
             return None  # mmap refuses empty files
         return memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))

@@ -86,6 +86,23 @@ def test_the_shard_writer_gets_views_of_the_mapped_spool_file(tmp_path: Path) ->
     assert [bytes(v) for v in views] == [bytes([65 + i]) * (10 + i) for i in range(5)]
 
 
+def test_past_the_cap_spool_files_are_copied_not_mapped(tmp_path: Path, monkeypatch) -> None:
+    # Each mapping holds a file descriptor: a shard never maps more than the cap.
+    import pipelines.spool as spool
+
+    monkeypatch.setattr(spool, "MAX_MAPPED_FILES", 2)
+    refs = []
+    for i in range(4):
+        writer = SpoolWriter(str(tmp_path))
+        refs.append(writer.put(bytes([97 + i]) * 20))
+        writer.close()
+    got = with_image_bytes([{"uid": str(i), "image": r} for i, r in enumerate(refs)])
+    by_path = {r.path: row["image"] for r, row in zip(refs, got, strict=True)}
+    kinds = [type(by_path[p]) for p in sorted(by_path)]  # files are taken in path order
+    assert kinds == [memoryview, memoryview, bytes, bytes]
+    assert [bytes(row["image"]) for row in got] == [bytes([97 + i]) * 20 for i in range(4)]
+
+
 def test_a_truncated_spool_file_is_an_error_not_short_bytes(tmp_path: Path) -> None:
     writer = SpoolWriter(str(tmp_path))
     ref = writer.put(b"x" * 100)
