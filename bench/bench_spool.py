@@ -155,7 +155,7 @@ def main() -> int:
         "Inside `curate run` on bench_images.py's 10,000 URLs (one shard), the same change took "
         "the shard stage from 3.95–4.15 s to 1.95–2.77 s and the whole run from 27.3–28.6 s to "
         "24.9–27.1 s (3 runs each, interleaved, the earlier commit from a worktree on "
-        "PYTHONPATH; stage times from a timer around Beam's bundles)."
+        "PYTHONPATH; stage times from `bench/stage_times.py`)."
     )
     common.publish(common.unwrap(section), START, END, args.write)
     return 0

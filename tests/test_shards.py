@@ -292,3 +292,62 @@ def test_a_shard_written_in_row_groups_is_the_same_shard(fmt: str, monkeypatch) 
         assert grouped == whole
     if fmt == "webdataset":
         assert whole == shards.webdataset_bytes(rows)
+
+
+def test_atomic_writes_hash_and_write_behind_the_encoder(tmp_path: Path) -> None:
+    """write_atomic_with hands the sha256 and the file writes to a background thread: the
+    file, its size and its sha256 are those of the bytes written, in order, whatever their
+    sizes and buffer types; a buffer changed after write() returned is written as it was."""
+    import hashlib
+
+    from pipelines.io import write_atomic_with
+
+    parts = [b"a" * 10, bytearray(b"b" * 3_000_000), memoryview(b"c" * 700), b"", b"d" * 5]
+    expected = b"".join(bytes(p) for p in parts)
+
+    def write(sink) -> None:
+        for part in parts:
+            assert sink.write(part) == len(part)
+        parts[1][:1] = b"X"  # the caller reuses its buffer: the file keeps the old bytes
+        assert sink.tell() == len(expected)
+
+    path = tmp_path / "out.bin"
+    size, digest = write_atomic_with(str(path), write)
+    assert path.read_bytes() == expected
+    assert (size, digest) == (len(expected), hashlib.sha256(expected).hexdigest())
+    # Thousands of small writes (a tar writer's) are batched before they cross threads.
+    small = [bytes([i % 251]) * 37 for i in range(20_000)]
+    size, digest = write_atomic_with(str(path), lambda sink: [sink.write(b) for b in small])
+    assert path.read_bytes() == b"".join(small) and size == 37 * 20_000
+
+
+def test_a_failed_write_behind_fails_the_file_and_leaves_no_thread(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import threading
+
+    from pipelines import io as pio
+
+    class Broken:
+        def __init__(self, fh) -> None:
+            self.fh = fh
+
+        def write(self, data) -> int:
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.fh.close()
+
+    real_create = pio.FileSystems.create
+    monkeypatch.setattr(pio.FileSystems, "create", lambda *a, **k: Broken(real_create(*a, **k)))
+    before = threading.active_count()
+    path = tmp_path / "out.bin"
+    with pytest.raises(OSError, match="No space left"):
+        pio.write_atomic_with(
+            str(path), lambda sink: [sink.write(b"x" * 400_000) for _ in range(50)]
+        )
+    assert not path.exists()  # the temporary file is never renamed into place
+    assert threading.active_count() == before
