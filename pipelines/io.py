@@ -56,11 +56,14 @@ def join(*parts: str) -> str:
     return FileSystems.join(*parts)
 
 
-# Writes are handed to the background thread in chunks of about this size: a tar writer
-# makes tens of thousands of small writes, each not worth a hop between threads.
+# Small writes are gathered into chunks of about this size before they cross to the
+# background thread (a tar writer makes tens of thousands of them); a larger write crosses
+# as it is, uncopied.
 _CHUNK_BYTES = 1 << 20
-# Chunks waiting for the background thread, at most: the writer blocks past them.
-_QUEUED_CHUNKS = 16
+# Bytes handed over and not yet written, at most (a single larger write still goes through
+# alone): the encoder waits past them. About two of the shard writer's row groups
+# (curation/shards.py ROW_GROUP_BYTES).
+_QUEUED_BYTES = 32 << 20
 
 
 class _Digest(io.RawIOBase):
@@ -71,7 +74,7 @@ class _Digest(io.RawIOBase):
     a time on one core, they take the second core. A 10,000-image Parquet shard (652 MB)
     spent 1.5 s writing to disk and 0.4 s hashing after 0.5 s of encoding, one after the
     other (cProfile, bench_spool.py's shard). finish() waits for the thread and raises what
-    it met.
+    it met. (Beam's opt-in per-thread GCS write metric does not see writes made from it.)
     """
 
     def __init__(self, fh: Any) -> None:
@@ -79,8 +82,13 @@ class _Digest(io.RawIOBase):
         self.fh, self.size, self.sha256 = fh, 0, hashlib.sha256()
         self._pending: list[bytes] = []
         self._held = 0
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=_QUEUED_CHUNKS)
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._room = threading.Condition()
+        self._queued = 0  # bytes handed over, not yet written; under self._room
         self._error: BaseException | None = None
+        self._abort = False  # set by finish(abort=True): drop what is still queued
+        self._finished = False
+        self._done = threading.Event()  # set when the thread has written its last chunk
         self._thread = threading.Thread(target=self._drain, name="write-behind", daemon=True)
         self._thread.start()
 
@@ -91,43 +99,85 @@ class _Digest(io.RawIOBase):
         return self.size  # a tar writer asks where it starts
 
     def write(self, data: Any) -> int:
+        if self._finished:
+            raise ValueError("write to a finished file")
         if self._error is not None:
-            raise OSError("an earlier write failed") from self._error
-        # The thread reads it later: mutable buffers are copied (pyarrow and tarfile pass
+            raise self._error  # what the thread met writing an earlier chunk
+        # The thread reads it later: a mutable buffer is copied (pyarrow and tarfile pass
         # bytes, which are not).
-        chunk = data if type(data) is bytes else bytes(data)
-        self._pending.append(chunk)
-        self._held += len(chunk)
+        chunk = data if type(data) is bytes else bytes(memoryview(data))
         self.size += len(chunk)
-        if self._held >= _CHUNK_BYTES:
+        if len(chunk) >= _CHUNK_BYTES:  # pyarrow's image columns: no copy into a join
             self._hand_over()
+            self._put(chunk)
+        else:
+            self._pending.append(chunk)
+            self._held += len(chunk)
+            if self._held >= _CHUNK_BYTES:
+                self._hand_over()
         return len(chunk)
 
     def _hand_over(self) -> None:
         if self._pending:
             chunk = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
             self._pending, self._held = [], 0
-            self._queue.put(chunk)
+            self._put(chunk)
+
+    def _put(self, chunk: bytes) -> None:
+        with self._room:
+            while self._queued and self._queued + len(chunk) > _QUEUED_BYTES:
+                self._room.wait()
+            self._queued += len(chunk)
+        self._queue.put(chunk)
 
     def _drain(self) -> None:
+        try:
+            self._write_queued()
+        finally:
+            self._done.set()
+
+    def _write_queued(self) -> None:
         while (chunk := self._queue.get()) is not None:
-            if self._error is None:  # after a failure, only empty the queue
+            if self._error is None and not self._abort:  # else only empty the queue
                 try:
                     self.sha256.update(chunk)
                     self.fh.write(chunk)
                 except BaseException as exc:  # re-raised by write() and finish()
                     self._error = exc
+            with self._room:
+                self._queued -= len(chunk)
+                self._room.notify()
 
-    def finish(self) -> None:
-        """Write what is left and wait for the thread; raise its error, if it met one."""
-        if self._thread.is_alive():
+    def finish(self, abort: bool = False) -> None:
+        """Write what is left (or, with `abort`, drop it) and wait for the thread; then
+        raise its error, if it met one and `abort` is not set."""
+        if not self._finished:
+            self._finished = True
             try:
-                self._hand_over()
+                if abort:
+                    self._abort = True
+                else:
+                    self._hand_over()
             finally:
-                self._queue.put(None)
-                self._thread.join()
-        if self._error is not None:
+                self._queue.put(None)  # never blocks: the queue is unbounded, bytes are not
+                self._join()
+        if self._error is not None and not abort:
             raise self._error
+
+    def _join(self) -> None:
+        # Joined even when an interrupt lands here, since the file closes next; the
+        # interrupt is raised once the thread is done (dropping what is still queued).
+        # Waits on an event of its own: an interrupted Thread.join() (Python 3.11) can mark
+        # the thread stopped while it still runs.
+        interrupted: BaseException | None = None
+        while not self._done.is_set():
+            try:
+                self._done.wait()
+            except BaseException as exc:
+                self._abort = True
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
 
 
 def write_atomic_with(path: str, write: Callable[[Any], None]) -> tuple[int, str]:
@@ -141,8 +191,10 @@ def write_atomic_with(path: str, write: Callable[[Any], None]) -> tuple[int, str
         sink = _Digest(fh)
         try:
             write(sink)
-        finally:
-            sink.finish()  # before the file closes, whether `write` failed or not
+        except BaseException:
+            sink.finish(abort=True)  # the thread is done before the file closes; the
+            raise  # writer's own error is the one raised
+        sink.finish()
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import struct
+import time
 from pathlib import Path
 
 import google_crc32c
@@ -351,3 +353,57 @@ def test_a_failed_write_behind_fails_the_file_and_leaves_no_thread(
         )
     assert not path.exists()  # the temporary file is never renamed into place
     assert threading.active_count() == before
+
+
+def test_write_behind_holds_bounded_bytes_and_the_writers_own_error_wins(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import threading
+
+    from pipelines import io as pio
+
+    monkeypatch.setattr(pio, "_QUEUED_BYTES", 3_000_000)
+    gate, most = threading.Event(), [0]
+
+    class Slow:  # a file that stalls until the writer has queued all it may
+        def __init__(self) -> None:
+            self.data = bytearray()
+
+        def write(self, chunk: bytes) -> None:
+            gate.wait(5)
+            self.data += chunk
+
+    fh = Slow()
+    sink = pio._Digest(fh)
+    writer = threading.Thread(target=lambda: [sink.write(b"x" * 1_000_000) for _ in range(12)])
+    writer.start()
+    deadline = time.monotonic() + 5
+    while writer.is_alive() and time.monotonic() < deadline:
+        most[0] = max(most[0], sink._queued)
+        time.sleep(0.01)
+        if sink._queued >= 3_000_000:
+            break
+    assert writer.is_alive()  # it waits for room: the bytes in flight stay bounded
+    gate.set()
+    writer.join(5)
+    sink.finish()
+    assert most[0] <= 3_000_000 and bytes(fh.data) == b"x" * 12_000_000
+    with pytest.raises(ValueError, match="finished"):
+        sink.write(b"late")
+    odd = pio._Digest(Slow())
+    with pytest.raises(TypeError):
+        odd.write(5)  # not a buffer: an error, not 5 NUL bytes
+    odd.finish()
+
+    # The encoder's own error is the one raised, even when the file failed too.
+    class Broken:
+        def write(self, chunk: bytes) -> None:
+            raise OSError(5, "I/O error")
+
+    def encode(sink) -> None:
+        sink.write(b"y" * 2_000_000)
+        raise ValueError("the encoder failed")
+
+    monkeypatch.setattr(pio.FileSystems, "create", lambda *a, **k: contextlib.nullcontext(Broken()))
+    with pytest.raises(ValueError, match="the encoder failed"):
+        pio.write_atomic_with(str(tmp_path / "out.bin"), encode)
