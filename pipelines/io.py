@@ -192,8 +192,9 @@ def write_atomic_with(path: str, write: Callable[[Any], None]) -> tuple[int, str
         try:
             write(sink)
         except BaseException:
-            sink.finish(abort=True)  # the thread is done before the file closes; the
-            raise  # writer's own error is the one raised
+            # The thread is done before the file closes; the writer's own error is raised.
+            sink.finish(abort=True)
+            raise
         sink.finish()
     if FileSystems.exists(path):
         FileSystems.delete([path])

@@ -80,13 +80,10 @@ class SpoolWriter:
 
 def read_blobs(refs: Iterable[BlobRef]) -> dict[BlobRef, bytes]:
     """The bytes of every ref: each spool file opened once, read in offset order."""
-    by_path: dict[str, set[BlobRef]] = {}
-    for ref in refs:
-        by_path.setdefault(ref.path, set()).add(ref)
     out: dict[BlobRef, bytes] = {}
-    for path, wanted in sorted(by_path.items()):
+    for path, wanted in _by_file(refs):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            for ref in sorted(wanted, key=lambda r: r.offset):
+            for ref in wanted:
                 fh.seek(ref.offset)
                 data = fh.read(ref.length)
                 if len(data) != ref.length:
@@ -96,6 +93,14 @@ def read_blobs(refs: Iterable[BlobRef]) -> dict[BlobRef, bytes]:
                     )
                 out[ref] = data
     return out
+
+
+def _by_file(refs: Iterable[BlobRef]) -> list[tuple[str, list[BlobRef]]]:
+    """The distinct refs grouped by spool file, files by path, refs by offset."""
+    by_path: dict[str, set[BlobRef]] = {}
+    for ref in refs:
+        by_path.setdefault(ref.path, set()).add(ref)
+    return [(p, sorted(w, key=lambda r: r.offset)) for p, w in sorted(by_path.items())]
 
 
 def image_bytes(image: bytes | BlobRef | None) -> bytes | None:
@@ -139,12 +144,9 @@ def read_blob_views(refs: Iterable[BlobRef]) -> dict[BlobRef, bytes | memoryview
     file's size when mapped, but a file truncated later by something else would end the
     process with SIGBUS where a read raised OSError.
     """
-    by_path: dict[str, list[BlobRef]] = {}
-    for ref in refs:
-        by_path.setdefault(ref.path, []).append(ref)
     out: dict[BlobRef, bytes | memoryview] = {}
     mapped = 0
-    for path, wanted in sorted(by_path.items()):
+    for path, wanted in _by_file(refs):
         view = _mapped(path) if mapped < MAX_MAPPED_FILES else None
         mapped += view is not None
         if view is None:  # object stores, empty files, files past the cap: read as before
