@@ -40,7 +40,7 @@ from filters.image import HASH_SIDE, decode
 # The crops (left, top, right, bottom, as fractions) and the mirror of each eval image that
 # stage 1 hashes: the transforms to catch are 5% off every side and 10% off one side; the 10%
 # centre covers crops between. With them every listed transform of the shared photos hashes
-# within 8 bits of a variant, most at 0-2 (bench/bench_evaldup.py); without them 5% crops reach
+# within 8 bits of a variant, most at 0-2 (measured while choosing them); without, 5% crops reach
 # 20 bits, where unrelated photos already collide.
 VARIANTS: tuple[tuple[float, float, float, float, bool], ...] = (
     (0.0, 0.0, 1.0, 1.0, False),
@@ -53,8 +53,9 @@ VARIANTS: tuple[tuple[float, float, float, float, bool], ...] = (
     (0.0, 0.0, 1.0, 1.0, True),
 )
 # The side of the grey thumbnail stored per eval image, from which stage 2 resamples any crop;
-# and the side of the web image's thumbnail compared with it. 48 -> 24 separates copies from
-# unrelated photos as well as 64 -> 32 did, at 2.3 KB an eval image (bench/bench_evaldup.py).
+# and the side of the web image's thumbnail compared with it. While choosing them (64-px eval
+# thumbnails, no alignment), unrelated pairs reached a pixel correlation of 0.924 at 16 px and
+# 0.89-0.90 at 24 and 32 px; 48 px keeps the index at 2.3 KB an image (136 MB for 56,000).
 EVAL_THUMB_SIDE = 48
 WEB_THUMB_SIDE = 24
 # Stage 1: four 16-bit bands probed within 2 bits find every variant within 4 * 2 + 3 = 11
@@ -65,9 +66,9 @@ CANDIDATE_DISTANCE = 11
 # At most this many candidates (nearest first) are verified per view: bounds the cost of a
 # web image whose hash sits in a crowded region (flat or near-uniform images).
 MAX_VERIFIED = 16
-# Stage 2 thresholds (bench/bench_evaldup.py on the shared photos): copies of the listed
-# transforms score >= 0.957 on pixels and >= 0.951 on gradients after alignment (the lowest:
-# brightness +15%, clipped highlights); over all 178,538 ordered pairs of distinct photos,
+# Stage 2 thresholds (bench/bench_evaldup.py on the shared photos): every listed transform's
+# copies score >= 0.942 as min(pixels, gradients) after alignment (the lowest: 5% off every
+# side, and brightness +15% at 0.951); over all 178,538 ordered pairs of distinct pictures,
 # with no stage 1 in front, the best crop variant reaches at most 0.903 on pixels, 0.857 on
 # gradients and 0.724 on both together.
 MIN_PIXEL_NCC = 0.93
@@ -86,6 +87,9 @@ _MIN_KEEP = 0.25
 # The alignment search: each edge of the crop box moves by these steps (fractions of the
 # eval image) while the pixel correlation improves.
 _ALIGN_STEPS = (0.04, 0.02, 0.01)
+# Below this pixel correlation at the variant's own box, no search is tried: copies cropped
+# between the variants start at >= 0.6 (7% off every side against the 5% variant; bench).
+_ALIGN_FROM = 0.5
 _MIN_BOX_SIDE = 0.5
 
 FORMAT_VERSION = 1
@@ -266,7 +270,14 @@ class _Verifier:
         if self.web_pixels is None:
             return (-1.0, -1.0)
         box = start
-        best = self._pixels(eval_thumb, box)
+        crop = _resampled(eval_thumb, box)
+        best = _ncc(self.web_pixels, _normalised(crop))
+        if best >= MIN_PIXEL_NCC:
+            gradient = _ncc(self.web_gradient, _gradient_vector(crop))
+            if gradient >= MIN_GRADIENT_NCC:
+                return best, gradient  # aligned already: the variant's own crop
+        if best < _ALIGN_FROM:
+            return best, -1.0  # too far for a small move of the box to reach a match
         for step in _ALIGN_STEPS:
             improved = True
             while improved:
@@ -318,6 +329,7 @@ def _probe_masks() -> NDArray[np.uint32]:
 
 _MASKS = _probe_masks()
 _BANDS = 64 // BAND_BITS
+_BAND_BASE = (np.arange(_BANDS, dtype=np.uint32) * ((1 << BAND_BITS) + 1))[:, None]
 
 
 class EvalMatchIndex:
@@ -346,16 +358,20 @@ class EvalMatchIndex:
         self.thumbs = thumbs
         flat = hashes.ravel()  # entry i's variant v at i * len(VARIANTS) + v
         self._flat = flat
-        self._offsets: list[NDArray[np.int64]] = []
-        self._members: list[NDArray[np.int32]] = []
+        # One bucket table for all bands: band b's bucket k spans
+        # members[offsets[b * (2**16 + 1) + k] : offsets[b * (2**16 + 1) + k + 1]].
+        buckets = 1 << BAND_BITS
+        offsets = np.zeros(_BANDS * (buckets + 1), dtype=np.int64)
+        members = []
         for band in range(_BANDS):
-            keys = ((flat >> np.uint64(band * BAND_BITS)) & np.uint64(0xFFFF)).astype(np.int64)
-            order = np.argsort(keys, kind="stable").astype(np.int32)
-            counts = np.bincount(keys, minlength=1 << BAND_BITS)
-            offsets = np.zeros((1 << BAND_BITS) + 1, dtype=np.int64)
-            np.cumsum(counts, out=offsets[1:])
-            self._offsets.append(offsets)
-            self._members.append(order)
+            keys = ((flat >> np.uint64(band * BAND_BITS)) & np.uint64(buckets - 1)).astype(np.int64)
+            members.append(np.argsort(keys, kind="stable").astype(np.int32))
+            counts = np.bincount(keys, minlength=buckets)
+            start = band * (buckets + 1)
+            offsets[start + 1 : start + buckets + 1] = np.cumsum(counts) + band * len(flat)
+            offsets[start] = band * len(flat)
+        self._offsets = offsets
+        self._members = np.concatenate(members) if members else np.zeros(0, np.int32)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -365,25 +381,21 @@ class EvalMatchIndex:
         bits of `phash`, nearest first (ties by id)."""
         if not len(self.names):
             return []
-        found = []
-        for band in range(_BANDS):
-            key = (phash >> (band * BAND_BITS)) & 0xFFFF
-            probes = np.bitwise_xor(_MASKS, np.uint32(key)).astype(np.int64)
-            offsets = self._offsets[band]
-            starts, ends = offsets[probes], offsets[probes + 1]
-            sizes = ends - starts
-            total = int(sizes.sum())
-            if not total:
-                continue
-            # The members of every probed bucket, gathered without a Python loop.
-            shift = np.repeat(starts - np.cumsum(sizes) + sizes, sizes)
-            found.append(self._members[band][np.arange(total) + shift])
-        if not found:
+        keys = np.array([(phash >> (b * BAND_BITS)) & 0xFFFF for b in range(_BANDS)], np.uint32)
+        probes = (np.bitwise_xor(_MASKS[None, :], keys[:, None]) + _BAND_BASE).ravel()
+        starts, ends = self._offsets[probes], self._offsets[probes + 1]
+        sizes = ends - starts
+        total = int(sizes.sum())
+        if not total:
             return []
-        ids = np.unique(np.concatenate(found))
+        # The members of every probed bucket, gathered without a Python loop; an id found in
+        # several bands is measured more than once, cheaper than deduplicating first.
+        shift = np.repeat(starts - np.cumsum(sizes) + sizes, sizes)
+        ids = self._members[np.arange(total) + shift]
         distances = np.bitwise_count(self._flat[ids] ^ np.uint64(phash))
         keep = distances <= CANDIDATE_DISTANCE
-        ids, distances = ids[keep], distances[keep]
+        ids, first = np.unique(ids[keep], return_index=True)
+        distances = distances[keep][first]
         order = np.lexsort((ids, distances))
         return [(int(distances[k]), int(ids[k])) for k in order]
 

@@ -158,7 +158,9 @@ def _eval_photos() -> list[tuple[str, Image.Image]]:
     for path in sorted(EVALSETS.rglob("*")):
         if path.suffix.lower() in (".jpg", ".jpeg"):
             with Image.open(path) as im:
-                out.append((str(path.relative_to(SHARED_DATA)), im.convert("RGB")))
+                # Upright, as browsers show it (and as the matcher decodes the original).
+                upright = ImageOps.exif_transpose(im) or im
+                out.append((str(path.relative_to(SHARED_DATA)), upright.convert("RGB")))
     return out
 
 
