@@ -16,49 +16,8 @@ import yaml
 
 from curation import reasons
 from curation.files import normalize_root
+from curation.placeholders import DEFAULT_PLACEHOLDERS
 from curation.shards import FORMATS as SHARD_FORMATS
-
-# Placeholder alt-texts: ALIGN §3 names "alt img" as a frequent generic text; the rest are the
-# defaults that CMSs, editors and image tools write when an author gives none (WordPress
-# attachment titles, "untitled" from editors, "spacer"/"pixel" from table layouts, "thumbnail"
-# from galleries). Matched whole, after lowercasing and turning _ and - into spaces.
-DEFAULT_PLACEHOLDERS = (
-    "alt",
-    "alt img",
-    "alt image",
-    "alt text",
-    "banner",
-    "blank",
-    "click here",
-    "default",
-    "dummy",
-    "featured image",
-    "icon",
-    "image",
-    "image description",
-    "image not found",
-    "img alt",
-    "img",
-    "logo",
-    "missing image",
-    "n a",
-    "no image",
-    "no image available",
-    "no photo",
-    "none",
-    "null",
-    "photo",
-    "pic",
-    "picture",
-    "pixel",
-    "placeholder",
-    "spacer",
-    "thumb",
-    "thumbnail",
-    "undefined",
-    "untitled",
-    "untitled image",
-)
 
 
 def _opt(default: Any, help: str, source: str) -> Any:
@@ -247,9 +206,8 @@ class CurationConfig:
         "under OUTPUT/_spool-*, read back by the writer; only references cross the "
         "shuffles), shuffle (inside the records, through every shuffle), or auto (spool on "
         "the local runner, shuffle elsewhere)",
-        "measured on the local runner, 2,000 images: peak memory 1.45 -> 0.83 GB; whole-run "
-        "wall 1.4-2.7 s lower in three side-by-side runs, within noise once the measuring "
-        "children start with the run (BENCHMARKS.md)",
+        "measured on the local runner: peak memory 1.45 -> 0.83 GB on 2,000 images "
+        "(BENCHMARKS.md, image path)",
     )
     respect_robots: bool = _opt(True, "honour robots.txt (cached per host)", "politeness")
     respect_opt_out: bool = _opt(
@@ -402,26 +360,39 @@ class CurationConfig:
         return cls(**kwargs)
 
     @classmethod
-    def load(cls, path: str | None, overrides: Mapping[str, Any] | None = None) -> Self:
-        """Defaults, then the YAML file at `path` (if any), then `overrides`."""
-        merged: dict[str, Any] = {}
+    def load(
+        cls,
+        path: str | None,
+        overrides: Mapping[str, Any] | None = None,
+        base: Mapping[str, Any] | None = None,
+    ) -> Self:
+        """Defaults, then `base` (an earlier run's config), then the YAML file at `path`
+        (if any), then `overrides`."""
+        merged: dict[str, Any] = dict(base or {})
         if path is not None:
             try:
                 with open(path, encoding="utf-8") as fh:
-                    data = yaml.safe_load(fh)
+                    text = fh.read()
             except OSError as e:
                 raise ConfigError(f"config file {path}: cannot read ({e.strerror})") from e
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file {path}: not valid YAML ({e})") from e
-            if data is None:
-                data = {}
-            if not isinstance(data, dict):
-                raise ConfigError(f"config file {path}: expected a mapping of keys to values")
-            # Validate the file on its own first so its errors name the file.
-            cls.from_mapping(data, origin=f"config file {path}")
-            merged.update(data)
+            merged.update(cls.yaml_mapping(text, f"config file {path}"))
         merged.update(overrides or {})
         return cls.from_mapping(merged)
+
+    @classmethod
+    def yaml_mapping(cls, text: str | bytes, origin: str) -> dict[str, Any]:
+        """The keys of a YAML config document, validated on their own (errors name
+        `origin`), not yet merged with defaults."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{origin}: not valid YAML ({e})") from e
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{origin}: expected a mapping of keys to values")
+        cls.from_mapping(data, origin=origin)
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form, lists for tuples, as written to config.yaml."""

@@ -27,13 +27,6 @@ from curation.tables import iter_table_rows
 
 _READ, _EXTRACT = reasons.STAGE_READ, reasons.STAGE_EXTRACT
 
-TABLE_SUFFIXES = (".parquet", ".csv", ".tsv", ".jsonl", ".json", ".csv.gz", ".tsv.gz", ".jsonl.gz")
-
-
-def is_table_path(path: str) -> bool:
-    """Whether an input path names a URL table rather than a web archive."""
-    return path.lower().endswith(TABLE_SUFFIXES)
-
 
 def candidates_from_archive(
     stream: BinaryIO, source_file: str, cfg: CurationConfig, funnel: Funnel

@@ -5,12 +5,22 @@ child processes)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from curation import reasons
 from curation.config import CurationConfig
 from curation.fetch import FetchResult
 from curation.record import Rejection, fast_pickling
-from filters.image import check_size, decode, image_phash, read_header, resized_jpeg, sha256
+from filters.image import (
+    ImageHeader,
+    check_size,
+    decode,
+    image_phash,
+    read_header,
+    resized_jpeg,
+    sha256,
+)
 
 _FETCH = reasons.STAGE_FETCH
 
@@ -38,15 +48,40 @@ class ImageInfo:
 Measured = tuple[ImageInfo, bytes] | Rejection
 
 
-def measure_bytes(url: str, data: bytes, cfg: CurationConfig) -> Measured:
+@dataclasses.dataclass(frozen=True)
+class MeasureSettings:
+    """What measuring needs of the run configuration (the measuring processes get this,
+    not the whole config)."""
+
+    max_image_pixels: int
+    min_image_side: int
+    max_aspect_ratio: float
+    resize_mode: str
+    resize_max_side: int
+    jpeg_quality: int
+
+    @classmethod
+    def of(cls, cfg: CurationConfig) -> MeasureSettings:
+        """The measuring view of a run configuration."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
+# Rules decided on an image's header alone (size, aspect), before any decode: each
+# (header, settings) -> Rejection or None, in order. The decode guard (read_header) runs
+# before them, the hashes after; cross-image rules are in pipelines/image_rules.py.
+HEADER_RULES: tuple[Callable[[ImageHeader, Any], Rejection | None], ...] = (check_size,)
+
+
+def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) -> Measured:
     """Decode guard, size/aspect rules and hashes for one image's bytes: its record, and the
     bytes the shards store (the original, or the re-encoded JPEG under a resize mode)."""
     header = read_header(data, cfg.max_image_pixels)
     if isinstance(header, Rejection):
         return header
-    rejection = check_size(header, cfg)
-    if rejection is not None:
-        return rejection
+    for rule in HEADER_RULES:
+        rejection = rule(header, cfg)
+        if rejection is not None:
+            return rejection
     hashed = image_phash(data)
     if isinstance(hashed, Rejection):
         return hashed
@@ -70,7 +105,7 @@ def measure_bytes(url: str, data: bytes, cfg: CurationConfig) -> Measured:
     return info, stored
 
 
-def measure(url: str, result: FetchResult, cfg: CurationConfig) -> Measured:
+def measure(url: str, result: FetchResult, cfg: MeasureSettings | CurationConfig) -> Measured:
     """`measure_bytes` for a fetch result: a failed fetch is its own rejection."""
     if not result.ok:
         return Rejection(_FETCH, result.reason or reasons.FETCH_FAILED, result.detail)

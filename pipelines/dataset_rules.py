@@ -12,17 +12,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import traceback
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from curation.config import CurationConfig
-from curation.record import Candidate, Rejected, Rejection
+from curation.record import Candidate
 from filters.dataset import (
     LEVEL_BITS,
     VocabBoundary,
@@ -36,18 +34,11 @@ from filters.dataset import (
     vocab_boundary,
 )
 from filters.language import check_language, detect_language, detect_languages
-from pipelines.deadletter import BAD
 from pipelines.joins import LookupJoin
-from pipelines.measure_pool import PoolUnavailable, borrow_warm_pool
+from pipelines.measure_pool import PoolUnavailable, WorkerPool
+from pipelines.tags import BAD, KEPT, REJECTED, failure, reject
 
-KEPT = "kept"
-REJECTED = "rejected"
 CHECK = "check"
-
-
-def _reject(candidate: Candidate, rejection: Rejection) -> beam.pvalue.TaggedOutput:
-    Metrics.counter(rejection.stage, rejection.reason).inc()
-    return beam.pvalue.TaggedOutput(REJECTED, Rejected(candidate, rejection))
 
 
 class RejectSharedTexts(beam.PTransform):
@@ -74,17 +65,17 @@ class RejectSharedTexts(beam.PTransform):
         keyed = candidates | "Key by text" >> beam.Map(lambda c: (text_key(c.alt_text), c))
         # A boilerplate text may sit on millions of images: its candidates are streamed.
         return keyed | "Join counts" >> LookupJoin(
-            {"n": shared}, _apply_shared, cfg, outputs=(REJECTED,), main=KEPT
+            {"images": shared}, _apply_shared, cfg, outputs=(REJECTED,), main=KEPT
         )
 
 
 def _apply_shared(
     _text: str, few: dict[str, list[int]], candidates: Iterable[Candidate], cfg: CurationConfig
 ) -> Iterator[Any]:
-    counts = few["n"]
+    counts = few["images"]
     rejection = check_shared(counts[0], cfg) if counts else None
     for candidate in candidates:
-        yield candidate if rejection is None else _reject(candidate, rejection)
+        yield candidate if rejection is None else reject(candidate, rejection)
 
 
 # Distinct tokens a bundle counts before it hands them on: ~10 MB of counts at most.
@@ -246,7 +237,7 @@ class RejectRareTokens(beam.PTransform):
         rare_by_uid = uses | "Join tokens" >> LookupJoin({"rare": rare}, _rare_uses)
         keyed = candidates | "Key by uid" >> beam.Map(lambda c: (c.uid, c))
         checked = (
-            {"rare": rare_by_uid, "c": keyed}
+            {"rare": rare_by_uid, "candidate": keyed}
             | "Regroup by candidate" >> beam.CoGroupByKey()
             | "Apply vocabulary" >> beam.FlatMap(_apply_rare).with_outputs(REJECTED, main=KEPT)
         )
@@ -269,8 +260,8 @@ def _rare_uses(
 def _apply_rare(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
     _, joined = item
     rejection = check_rare(joined["rare"])
-    for candidate in joined["c"]:
-        yield candidate if rejection is None else _reject(candidate, rejection)
+    for candidate in joined["candidate"]:
+        yield candidate if rejection is None else reject(candidate, rejection)
 
 
 # Texts detected together: langdetect costs 0.28x the time a text in one batch of the 470
@@ -287,13 +278,14 @@ class DetectLanguageFn(beam.DoFn):
     is a dead letter (BAD) for the candidate that caused it only.
     """
 
-    def __init__(self, cfg: CurationConfig) -> None:
+    def __init__(self, cfg: CurationConfig, workers: WorkerPool | None = None) -> None:
         self.cfg = cfg
+        self.workers = workers
 
     def setup(self) -> None:
         # On the in-memory runner the measuring processes, started before the run, detect
         # too: this stage otherwise runs on one core while the others idle.
-        self.pool = borrow_warm_pool(self.cfg)
+        self.pool = self.workers.borrow() if self.workers is not None else None
         if self.pool is None:
             # Load the detector's profiles once per worker, not per element.
             detect_language("warm up", None, self.cfg.language_detector)
@@ -348,23 +340,26 @@ class DetectLanguageFn(beam.DoFn):
                 rejection = check_language(lang, self.cfg)
                 candidate = dataclasses.replace(candidate, text_lang=lang)
             except Exception as exc:  # a dead letter with its traceback, as Beam makes
-                failure = (type(exc), repr(exc), traceback.format_exception(exc))
-                yield beam.pvalue.TaggedOutput(BAD, held_one.with_value((held_one.value, failure)))
+                dead = (held_one.value, failure(exc))
+                yield beam.pvalue.TaggedOutput(BAD, held_one.with_value(dead))
                 continue
             if rejection is None:
                 yield held_one.with_value(candidate)
             else:
-                tagged = _reject(candidate, rejection)
+                tagged = reject(candidate, rejection)
                 yield beam.pvalue.TaggedOutput(tagged.tag, held_one.with_value(tagged.value))
 
 
 class DetectLanguage(beam.PTransform):
     """Language ID on the survivors of the cheaper rules; outputs `kept` and `rejected`."""
 
-    def __init__(self, cfg: CurationConfig) -> None:
+    def __init__(self, cfg: CurationConfig, workers: WorkerPool | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.workers = workers  # the run's measuring processes, if they detect too
 
     def expand(self, candidates):
-        detect = beam.ParDo(DetectLanguageFn(self.cfg)).with_outputs(REJECTED, BAD, main=KEPT)
+        detect = beam.ParDo(DetectLanguageFn(self.cfg, self.workers)).with_outputs(
+            REJECTED, BAD, main=KEPT
+        )
         return candidates | "Detect language" >> detect

@@ -16,8 +16,6 @@ import pyarrow as pa
 from curation import reasons
 from curation.record import Candidate, Rejected, Rejection
 
-BAD = "bad"  # Beam's tag for the dead-letter output of with_exception_handling
-DEAD_LETTER_DIR = "dead_letter"
 DEAD_LETTER_STAGE = "dead_letter"  # the funnel's stage for these counts
 DEAD_LETTER_SCHEMA = pa.schema(
     [

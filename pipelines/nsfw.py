@@ -71,11 +71,12 @@ class NsfwModelHandler(ModelHandler[bytes, float, Any]):
 
     def __init__(self, threads: int = 1) -> None:
         super().__init__()
-        self.threads = threads
+        if threads < 0:
+            raise ValueError(f"NSFW threads must be settled (>= 0) by the run plan, got {threads}")
+        self.threads = threads  # 0: one per core
 
     def load_model(self) -> Any:
-        # -1 (auto) unresolved, as when the pipeline is built without the CLI: the safe 1.
-        threads = 1 if self.threads < 0 else self.threads
+        threads = self.threads
         return _Model(OpenNsfwScorer(threads=threads), threads or os.cpu_count() or 1)
 
     def run_inference(

@@ -26,7 +26,7 @@ from curation.report import (
 from curation.shards import parquet_bytes
 from curation.stats import Distributions, Funnel
 from filters.tokenize import tokenize
-from pipelines.images import FetchImages
+from pipelines.image_read import GOOD, ReadImages
 from pipelines.io import join, write_atomic
 from pipelines.spool import read_blobs
 
@@ -181,11 +181,11 @@ class ReportSamples(beam.PTransform):
             | ("Distinct urls" >> beam.Distinct())
         )
         # A preview that fails to fetch is only a missing thumbnail: its dead letter is dropped.
-        fetched = (urls | "Fetch again" >> FetchImages(self.archives, self.cfg))["good"]
+        fetched = (urls | "Fetch again" >> ReadImages(self.archives, self.cfg))[GOOD]
         rejected_rows = (
             {
-                "r": picked | "Key sample" >> beam.Map(lambda r: (r.candidate.image_url, r)),
-                "f": fetched,
+                "sample": picked | "Key sample" >> beam.Map(lambda r: (r.candidate.image_url, r)),
+                "fetched": fetched,
             }
             | "Join previews" >> beam.CoGroupByKey()
             | "Rejected previews" >> beam.FlatMap(_rejected_rows)
@@ -208,9 +208,9 @@ def _kept_previews(candidates: list[Candidate]) -> list[dict[str, Any]]:
 
 def _rejected_rows(item) -> Iterable[dict[str, Any]]:
     _, joined = item
-    result = joined["f"][0] if joined["f"] else None
+    result = joined["fetched"][0] if joined["fetched"] else None
     data = result.data if result is not None and result.ok else None
-    for r in joined["r"]:
+    for r in joined["sample"]:
         yield _sample_row(r.rejection.reason, r.candidate, r.rejection.detail, data)
 
 

@@ -7,43 +7,38 @@ import dataclasses
 import gc
 import os
 from collections.abc import Callable
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import (
-    DirectOptions,
-    PipelineOptions,
-    StandardOptions,
-)
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from curation import reasons
 from curation.config import CurationConfig
-from curation.extract import is_table_path
+from curation.inputs import image_holders
 from curation.record import CANDIDATE_SCHEMA, REJECT_SCHEMA, Candidate, Rejected, Rejection
 from curation.stats import Funnel
 from pipelines.dataset_rules import DetectLanguage, RejectRareTokens, RejectSharedTexts
-from pipelines.deadletter import BAD, DEAD_LETTER_DIR, DEAD_LETTER_SCHEMA, CollectDeadLetters
+from pipelines.deadletter import DEAD_LETTER_SCHEMA, CollectDeadLetters
 from pipelines.images import ImageStage
 from pipelines.io import join, write_json
-from pipelines.measure_pool import warm_pool
+from pipelines.outputs import (
+    DEAD_LETTER_DIR,
+    REJECTS_DIR,
+    SHARDS_DIR,
+    STATS_FILE,
+    shard_directories,
+)
 from pipelines.report import CollectStatistics, ReportSamples, stats_document, write_report
+from pipelines.runtime import RunPlan, make_runner, plan_run
 from pipelines.spool import new_spool_directory, remove_spool
+from pipelines.tags import BAD, KEPT, REJECTED, TALLY
 from pipelines.transforms import (
-    KEPT,
-    REJECTED,
-    TALLY,
     CountFunnel,
     DropDuplicateCaptures,
     ExtractCandidates,
     FilterTexts,
     WriteShards,
 )
-
-SHARDS_DIR = "shards"
-# Other formats go to OUTPUT/<format>/: webdataset/, tfrecord/.
-REJECTS_DIR = "rejects"
-STATS_FILE = "stats.json"
-CONFIG_FILE = "config.yaml"
 
 
 def build_pipeline(
@@ -52,8 +47,11 @@ def build_pipeline(
     output: str,
     cfg: CurationConfig,
     stop_after: str = reasons.STAGES[-1],
+    plan: RunPlan | None = None,
 ) -> None:
-    """Add every stage up to `stop_after` to pipeline `p`, reading `inputs`, writing `output`."""
+    """Add every stage up to `stop_after` to pipeline `p`, reading `inputs`, writing `output`,
+    as `plan` says (by default, as settled for the local runner)."""
+    plan = plan or plan_run(cfg, PipelineOptions([]))
     extracted = p | "Extract candidates" >> ExtractCandidates(inputs, cfg)
     bad = {"extract": extracted[BAD]}
     unique = extracted[KEPT] | "Drop duplicate captures" >> DropDuplicateCaptures()
@@ -62,12 +60,14 @@ def build_pipeline(
     rejected_parts: list = []
     spool = None
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_TEXT):
-        kept, text_rejected, text_bad = _text_stage(kept, raw=unique[KEPT], cfg=cfg)
+        kept, text_rejected, text_bad = _text_stage(kept, unique[KEPT], cfg, plan)
         rejected_parts.extend(text_rejected)
         bad.update(text_bad)
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_IMAGE):
-        spool = spool_directory(output, cfg)
-        images = kept | "Images" >> ImageStage(unique[KEPT], inputs, cfg, spool=spool)
+        spool = spool_directory(output, plan)
+        images = kept | "Images" >> ImageStage(
+            unique[KEPT], inputs, cfg, plan.workers, plan.nsfw_threads, spool=spool
+        )
         kept = images[KEPT]
         rejected_parts.append(images[REJECTED])
         bad.update(images[BAD])
@@ -75,7 +75,7 @@ def build_pipeline(
         lambda _: (reasons.STAGE_READ, reasons.FILE_FAILED, 1)
     )
     tallies.append(file_failures)
-    archives = [x for x in inputs if not is_table_path(x)]
+    archives = image_holders(inputs)
     _write_outputs(p, kept, rejected_parts, tallies, bad, output, cfg, archives, stop_after, spool)
 
 
@@ -140,10 +140,10 @@ def _write_outputs(
         )
 
 
-def spool_directory(output: str, cfg: CurationConfig) -> str | None:
-    """The run's image spool folder when cfg.image_transport is spool (pipelines/spool.py);
-    an unresolved auto (a pipeline built without the CLI) keeps the bytes in the records."""
-    if cfg.image_transport != "spool":
+def spool_directory(output: str, plan: RunPlan) -> str | None:
+    """The run's image spool folder when the plan's image transport is spool
+    (pipelines/spool.py), else None: the bytes ride in the records."""
+    if plan.image_transport != "spool":
         return None
     if "://" not in output:
         # Local workers of other processes (multi_processing) may not share our directory.
@@ -158,7 +158,12 @@ def retry_fetch_config(cfg: CurationConfig) -> CurationConfig:
 
 
 def build_retry_pipeline(
-    p: beam.Pipeline, previous: str, output: str, cfg: CurationConfig, funnel: Funnel
+    p: beam.Pipeline,
+    previous: str,
+    output: str,
+    cfg: CurationConfig,
+    funnel: Funnel,
+    plan: RunPlan | None = None,
 ) -> None:
     """Re-run only the candidates whose fetch failed for a transient reason, and write a new,
     complete output: the earlier kept records, its other rejections, and the new outcomes."""
@@ -175,9 +180,12 @@ def build_retry_pipeline(
     )
     retry = rejected_prev[1] | "Retry candidates" >> beam.Map(lambda r: r.candidate)
     prior = kept_prev | "Prior hashes" >> beam.Map(lambda c: (c.uid, c.phash))
+    plan = plan or plan_run(cfg, PipelineOptions([]), languages=False)
     http = retry_fetch_config(cfg)
-    spool = spool_directory(output, cfg)
-    images = retry | "Images" >> ImageStage(retry, [], http, prior=prior, spool=spool)
+    spool = spool_directory(output, plan)
+    images = retry | "Images" >> ImageStage(
+        retry, [], http, plan.workers, plan.nsfw_threads, prior=prior, spool=spool
+    )
     kept = (kept_prev, images[KEPT]) | "All kept" >> beam.Flatten()
     rejected_parts = [rejected_prev[0], images[REJECTED]]
     # Read and extract counts are the earlier run's; kept and rejected are counted anew.
@@ -227,13 +235,7 @@ def _read_rejected(path: str) -> list[Rejected]:
     return out
 
 
-def shard_directories(output: str, formats: tuple[str, ...]) -> dict[str, str]:
-    """Where each format's shards go: Parquet in shards/, the others in a folder named after
-    the format, so that a Parquet reader pointed at shards/ meets only Parquet."""
-    return {f: join(output, SHARDS_DIR if f == "parquet" else f) for f in formats}
-
-
-def _text_stage(candidates, raw, cfg: CurationConfig):
+def _text_stage(candidates, raw, cfg: CurationConfig, plan: RunPlan):
     """Per-record rules first (cheap), then the dataset-wide ones, language ID last (dear).
 
     The dataset-wide counts run over `raw`, every candidate of the run, as ALIGN counted
@@ -252,51 +254,11 @@ def _text_stage(candidates, raw, cfg: CurationConfig):
     rejected.append(rare[REJECTED])
     kept = rare[KEPT]
     if cfg.detect_language:
-        lang = kept | "Language" >> DetectLanguage(cfg)
+        lang = kept | "Language" >> DetectLanguage(cfg, plan.workers)
         rejected.append(lang[REJECTED])
         bad["language"] = lang[BAD]
         kept = lang[KEPT]
     return kept, rejected, bad
-
-
-# _RUN_FROZEN: the local runner executes the pipeline in this process, where the modules
-# (Beam's above all) and the built graph are hundreds of thousands of objects that live as
-# long as the run. Every full garbage collection walks them all, and full collections come
-# more often as the runner buffers the records. Frozen (gc.freeze) they are never walked:
-# full collections took 1.02-1.09 s of a 10,000-URL run before, 0.24-0.26 s after (two runs
-# each, bench/gc_time.py). They are unfrozen when the run ends, as garbage is collected again.
-
-# The runner names that make_runner turns into the FnApiRunner, in this process.
-LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
-
-
-def make_runner(options: PipelineOptions) -> PipelineRunner | None:
-    """The runner for these options; the DirectRunner becomes the FnApiRunner directly.
-
-    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a binary at run
-    time (it fails offline, then falls back, with error noise). We go straight to the
-    FnApiRunner the DirectRunner would fall back to; it honours direct_running_mode and
-    direct_num_workers.
-    """
-    runner = options.view_as(StandardOptions).runner
-    if runner not in LOCAL_RUNNERS:
-        return None  # Beam resolves it by name
-    from apache_beam.options.pipeline_options import WorkerOptions
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    worker = options.view_as(WorkerOptions)
-    if worker.default_sdk_harness_log_level is None:
-        # multi_processing workers otherwise log every gRPC channel at INFO to our stderr.
-        worker.default_sdk_harness_log_level = "WARNING"
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    provision = fn_runner.ExtendedProvisionInfo(
-        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    )
-    if options.view_as(DirectOptions).direct_running_mode is None:
-        options.view_as(DirectOptions).direct_running_mode = "in_memory"
-    return fn_runner.FnApiRunner(provision_info=provision)
 
 
 def run(
@@ -305,13 +267,15 @@ def run(
     cfg: CurationConfig,
     options: PipelineOptions | None = None,
     stop_after: str = reasons.STAGES[-1],
+    plan: RunPlan | None = None,
 ) -> None:
-    """Build and run the pipeline to completion."""
+    """Build and run the pipeline to completion (as `plan` says, by default as settled
+    for the runner in `options`)."""
     options = options or PipelineOptions([])
-    runner = make_runner(options)  # first: it settles the running mode _warm_measuring reads
-    warm = _warm_measuring(cfg, options, stop_after == reasons.STAGE_IMAGE)
-    build = lambda p: build_pipeline(p, inputs, output, cfg, stop_after)  # noqa: E731
-    _execute(runner, options, warm, build)
+    runner = make_runner(options)  # first: it settles the running mode the plan reads
+    plan = plan or plan_run(cfg, options)
+    build = lambda p: build_pipeline(p, inputs, output, cfg, stop_after, plan)  # noqa: E731
+    _execute(runner, options, _warm(plan, stop_after == reasons.STAGE_IMAGE), build)
 
 
 def run_retry(
@@ -320,18 +284,19 @@ def run_retry(
     cfg: CurationConfig,
     funnel: Funnel,
     options: PipelineOptions | None = None,
+    plan: RunPlan | None = None,
 ) -> None:
     """Build and run the --retry-failed pipeline to completion."""
     options = options or PipelineOptions([])
-    runner = make_runner(options)  # first: it settles the running mode _warm_measuring reads
-    # The pool its image stage takes; a retry detects no languages (no text rules run).
-    warm = _warm_measuring(retry_fetch_config(cfg), options, True, languages=False)
-    build = lambda p: build_retry_pipeline(p, previous, output, cfg, funnel)  # noqa: E731
-    _execute(runner, options, warm, build)
+    runner = make_runner(options)
+    # A retry runs no text rules: its measuring processes detect no languages.
+    plan = plan or plan_run(cfg, options, languages=False)
+    build = lambda p: build_retry_pipeline(p, previous, output, cfg, funnel, plan)  # noqa: E731
+    _execute(runner, options, _warm(plan, True), build)
 
 
 def _execute(
-    runner: PipelineRunner | None,
+    runner: Any,
     options: PipelineOptions,
     warm: contextlib.AbstractContextManager[None],
     build: Callable[[beam.Pipeline], None],
@@ -341,22 +306,16 @@ def _execute(
         # The pipeline runs as its `with` ends, inside the warm pool's.
         with warm, beam.Pipeline(runner=runner, options=options) as p:
             build(p)
-            gc.freeze()  # see _RUN_FROZEN
+            # In memory, the modules and the built graph live as long as the run; frozen,
+            # garbage collections never walk them (BENCHMARKS.md, "GC freeze").
+            gc.freeze()
     finally:
         gc.unfreeze()
 
 
-def _warm_measuring(
-    cfg: CurationConfig, options: PipelineOptions, fetches: bool, languages: bool = True
-) -> contextlib.AbstractContextManager[None]:
+def _warm(plan: RunPlan, fetches: bool) -> contextlib.AbstractContextManager[None]:
     """On the in-memory runner, start the measuring processes while the pipeline is built
     and its text rules run: its fetch step, in this process, takes them warm."""
-    runner = options.view_as(StandardOptions).runner
-    in_memory = options.view_as(DirectOptions).direct_running_mode == "in_memory"
-    if not (fetches and in_memory and cfg.measure_processes > 0) or runner not in LOCAL_RUNNERS:
+    if not (fetches and plan.in_memory and plan.workers is not None):
         return contextlib.nullcontext()
-    from pipelines import images  # its MEASURE_TARGET, which tests may swap
-
-    languages = languages and cfg.detect_language
-    target = images.MEASURE_TARGET
-    return warm_pool(cfg.measure_processes, cfg, cfg.measure_timeout, target, languages)
+    return plan.workers.warm()

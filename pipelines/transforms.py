@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 
 from curation import reasons
 from curation.config import CurationConfig
-from curation.extract import candidates_from_archive, candidates_from_table, is_table_path
+from curation.inputs import input_kind
 from curation.record import Candidate, Rejected, Rejection, image_size
 from curation.stats import Funnel
 from filters.text import check_candidate
@@ -31,10 +31,7 @@ from pipelines.io import (
     write_atomic,
     write_shard_file,
 )
-
-KEPT = "kept"
-REJECTED = "rejected"
-TALLY = "tally"
+from pipelines.tags import KEPT, REJECTED, TALLY, reject
 
 Tally = tuple[str, str, int]  # (stage, name, n)
 
@@ -53,7 +50,7 @@ class ExtractCandidatesFn(beam.DoFn):
 
     def process(self, path: str) -> Iterator[Any]:
         funnel = Funnel()
-        read = candidates_from_table if is_table_path(path) else candidates_from_archive
+        read = input_kind(path).read_candidates
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
             yield from read(fh, path, self.cfg, funnel)
         progress.bump("candidates", funnel.get(reasons.STAGE_EXTRACT, reasons.CANDIDATES))
@@ -137,11 +134,7 @@ class FilterTextsFn(beam.DoFn):
 
     def process(self, candidate: Candidate) -> Iterator[Any]:
         rejection = check_candidate(candidate, self.cfg)
-        if rejection is None:
-            yield candidate
-        else:
-            Metrics.counter(rejection.stage, rejection.reason).inc()
-            yield beam.pvalue.TaggedOutput(REJECTED, Rejected(candidate, rejection))
+        yield candidate if rejection is None else reject(candidate, rejection)
 
 
 class FilterTexts(beam.PTransform):

@@ -36,7 +36,7 @@ _TUNED = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "ARROW_DEFAULT_MEM
 @pytest.fixture(autouse=True)
 def _untuned_after_each_test() -> Iterator[None]:
     """`curate run` called in-process tunes this process's allocator and exports the
-    settings for its workers (pipelines/cli.py tune_allocator); the next test starts with
+    settings for its workers (pipelines/runtime.py tune_allocator); the next test starts with
     the environment and Arrow pool it had, so that a subprocess it starts decides for
     itself. (glibc's thresholds, once set, stay for the process: they change no result.)"""
     import pyarrow as pa

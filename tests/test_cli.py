@@ -338,7 +338,7 @@ def test_bundled_sample_is_reproducible(tmp_path) -> None:
 
 
 _TUNE = (
-    "import os; from pipelines.cli import tune_allocator; "
+    "import os; from pipelines.runtime import tune_allocator; "
     "import pyarrow as pa; "
     "print(tune_allocator(), os.environ.get('MALLOC_MMAP_THRESHOLD_'), "
     "pa.default_memory_pool().backend_name)"
@@ -400,11 +400,11 @@ def test_whole_graph_passes_beams_type_checks(tmp_path) -> None:
     from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
 
     from curation.stats import Funnel
-    from pipelines.cli import _pipeline_options
     from pipelines.run import build_pipeline, build_retry_pipeline
+    from pipelines.runtime import pipeline_options
 
-    assert not _pipeline_options([]).view_as(TypeOptions).pipeline_type_check
-    kept_on = _pipeline_options(["--pipeline_type_check"])
+    assert not pipeline_options([]).view_as(TypeOptions).pipeline_type_check
+    kept_on = pipeline_options(["--pipeline_type_check"])
     assert kept_on.view_as(TypeOptions).pipeline_type_check
 
     evals = str(ROOT / "sample" / "*.warc.gz")  # a glob that matches; hashed only when run

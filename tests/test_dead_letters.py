@@ -3,12 +3,13 @@ and the candidate it hit is still accounted for (internal_error). Nothing is swa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pyarrow.parquet as pq
 
-from curation import reasons
-from pipelines import dataset_rules, images, transforms
+from curation import inputs, reasons
+from pipelines import dataset_rules, fetch_images, transforms
 from pipelines.cli import main
 from tests.conftest import SAMPLE_WARC
 from tests.test_cli import check_invariant
@@ -16,8 +17,8 @@ from tests.test_cli import check_invariant
 
 def test_exceptions_become_dead_letters(tmp_path, monkeypatch) -> None:
     real_check = transforms.check_candidate
-    real_measure = images.measure
-    real_read = transforms.candidates_from_archive
+    real_measure = fetch_images.measure
+    real_read = inputs.ARCHIVE.read_candidates
 
     def flaky_check(candidate, cfg):
         if candidate.alt_text == "a red fox sitting in the snow at dawn":
@@ -53,8 +54,9 @@ def test_exceptions_become_dead_letters(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(dataset_rules, "detect_languages", flaky_batch)
     monkeypatch.setattr(dataset_rules, "detect_language", flaky_one)
     monkeypatch.setattr(transforms, "check_candidate", flaky_check)
-    monkeypatch.setattr(images, "measure", flaky_measure)
-    monkeypatch.setattr(transforms, "candidates_from_archive", flaky_read)
+    monkeypatch.setattr(fetch_images, "measure", flaky_measure)
+    flaky_archive = dataclasses.replace(inputs.ARCHIVE, read_candidates=flaky_read)
+    monkeypatch.setattr(inputs, "INPUT_KINDS", (inputs.TABLE, flaky_archive))
     broken = tmp_path / "broken.warc.gz"
     broken.write_bytes(SAMPLE_WARC.read_bytes())
     out = tmp_path / "out"

@@ -13,7 +13,7 @@ from curation import reasons
 from curation.config import CurationConfig
 from curation.fetch import Fetcher
 from pipelines.cli import main
-from pipelines.images import fetch_settings
+from pipelines.image_read import fetch_settings
 from tests.conftest import ImageServer, serve
 from tests.test_cli import check_invariant
 

@@ -9,7 +9,7 @@ import pytest
 from curation import reasons
 from curation.config import CurationConfig
 from curation.fetch import Fetcher, address_refused
-from pipelines.images import _sniffed, fetch_settings
+from pipelines.image_read import _sniffed, fetch_settings
 from tests.conftest import ImageServer, serve
 
 CFG = dataclasses.replace(

@@ -32,7 +32,7 @@ from filters.image import (
     sniff_image,
 )
 from filters.nsfw import OpenNsfwScorer, check_nsfw
-from pipelines.images import FindNearDuplicates
+from pipelines.image_rules import FindNearDuplicates
 from pipelines.nsfw import NsfwModelHandler
 from pipelines.run import make_runner
 from tests.conftest import SHARED_DATA, require

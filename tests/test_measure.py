@@ -21,14 +21,33 @@ from curation import reasons
 from curation.config import ConfigError, CurationConfig
 from curation.record import Rejection
 from filters.language import detect_languages
-from filters.measure import measure_bytes
-from pipelines import images, measure_pool
-from pipelines.cli import main, resolve_runtime_defaults
-from pipelines.measure_pool import MeasureError, MeasurePool, PoolUnavailable, take_pool, warm_pool
+from filters.measure import MeasureSettings, measure_bytes
+from pipelines import measure_pool
+from pipelines.cli import main
+from pipelines.measure_pool import (
+    MeasureError,
+    MeasurePool,
+    PoolUnavailable,
+    WorkerPool,
+    take_pool,
+    warm_pool,
+)
+from pipelines.run import run
+from pipelines.runtime import pipeline_options, plan_run
 from tests.conftest import LAION_PARQUET, SAMPLE_WARC, SHARED_DATA, jpeg_bytes, require
 from tests.test_cli import check_invariant
 
 FAULTY = "tests.conftest:measure_or_fail"
+
+
+def _run_measuring(out: Path, processes: int, target: str) -> None:
+    """The sample through the whole pipeline, its measuring processes running `target`."""
+    cfg = CurationConfig(images_from="archive", measure_processes=processes)
+    options = pipeline_options([])
+    plan = plan_run(cfg, options)
+    if plan.workers is not None:
+        plan = dataclasses.replace(plan, workers=dataclasses.replace(plan.workers, target=target))
+    run([str(SAMPLE_WARC)], str(out), cfg, options, plan=plan)
 
 
 def _real_images() -> list[tuple[str, bytes]]:
@@ -209,20 +228,25 @@ def test_close_stops_every_child() -> None:
 
 def test_a_warm_pool_is_taken_once_with_its_own_arguments_and_closed_if_untaken() -> None:
     cfg, data = CurationConfig(), jpeg_bytes((300, 250))
-    with warm_pool(2, cfg, 30, measure_pool.DEFAULT_TARGET):
+
+    def spec(processes: int, cfg: CurationConfig) -> WorkerPool:
+        return WorkerPool(processes, MeasureSettings.of(cfg), 30, measure_pool.DEFAULT_TARGET)
+
+    with warm_pool(spec(2, cfg)):
         warm = measure_pool._WARM[0][1]
-        other = take_pool(2, dataclasses.replace(cfg, min_image_side=100), 30, warm.target)
+        other = take_pool(spec(2, dataclasses.replace(cfg, min_image_side=100)))
         assert other is not warm  # another config: a new pool
         other.close()
-        with take_pool(2, CurationConfig(), 30, measure_pool.DEFAULT_TARGET) as taken:
+        # Settings that measuring does not read make the same pool.
+        with take_pool(spec(2, CurationConfig(images_from="http"))) as taken:
             assert taken is warm and not measure_pool._WARM
             assert taken.measure("http://a.example/x.jpg", data) == measure_bytes(
                 "http://a.example/x.jpg", data, cfg
             )
-            again = take_pool(2, cfg, 30, measure_pool.DEFAULT_TARGET)
+            again = take_pool(spec(2, cfg))
             assert again is not warm  # taken once
             again.close()
-    with warm_pool(1, cfg, 30, measure_pool.DEFAULT_TARGET):
+    with warm_pool(spec(1, cfg)):
         untaken = measure_pool._WARM[0][1]
         procs = [c.proc for c in untaken._children]
     assert not measure_pool._WARM
@@ -242,13 +266,13 @@ def test_the_local_runner_fetches_with_the_pool_started_while_it_built(
         taken.append(take_pool(*args))
         return taken[-1]
 
-    monkeypatch.setattr("pipelines.run.warm_pool", spy_warm)
-    monkeypatch.setattr(images, "take_pool", spy_take)
+    monkeypatch.setattr(measure_pool, "warm_pool", spy_warm)
+    monkeypatch.setattr(measure_pool, "take_pool", spy_take)
     out = tmp_path / "out"
     args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
     assert main([*args, "--measure-processes", "2"]) == 0
     assert len(check_invariant(out)[0]) == 12
-    assert len(warmed) == 1 and warmed[0][0] == 2
+    assert len(warmed) == 1 and warmed[0][0].processes == 2
     # One pool made, before the run, and the fetch step took it; it is closed at the end.
     assert len(pools_made) == 1 and taken == pools_made
     assert all(c.proc.poll() is not None for c in taken[0]._children)
@@ -261,12 +285,12 @@ def test_the_local_runner_fetches_with_the_pool_started_while_it_built(
 def test_auto_is_one_child_per_core_on_the_local_runner_only() -> None:
     cfg = CurationConfig()
     assert cfg.measure_processes == -1
-    local = resolve_runtime_defaults(cfg, PipelineOptions([]))
+    local = plan_run(cfg, PipelineOptions([]))
     assert local.measure_processes >= 1
-    remote = resolve_runtime_defaults(cfg, PipelineOptions(["--runner", "DataflowRunner"]))
+    remote = plan_run(cfg, PipelineOptions(["--runner", "DataflowRunner"]))
     assert remote.measure_processes == 0
     mine = dataclasses.replace(cfg, measure_processes=3)
-    assert resolve_runtime_defaults(mine, PipelineOptions([])).measure_processes == 3
+    assert plan_run(mine, PipelineOptions([])).measure_processes == 3
     with pytest.raises(ConfigError, match="measure_processes"):
         CurationConfig(measure_processes=-2)
 
@@ -274,10 +298,8 @@ def test_auto_is_one_child_per_core_on_the_local_runner_only() -> None:
 def test_pipeline_faults_in_children_end_in_one_place(tmp_path, monkeypatch) -> None:
     """End to end, children on: the image whose child dies is rejected by name, the one
     whose measuring raises is a dead letter with the child's traceback, the rest as usual."""
-    monkeypatch.setattr(images, "MEASURE_TARGET", FAULTY)
     out = tmp_path / "out"
-    args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out)]
-    assert main([*args, "--images-from", "archive", "--measure-processes", "2"]) == 0
+    _run_measuring(out, 2, FAULTY)
     kept, rejected, stats = check_invariant(out)
     by_file = {r["image_url"].rsplit("/", 1)[-1]: r for r in rejected}
     assert by_file["fox.jpg"]["reason"] == reasons.IMAGE_DECODER_CRASHED
@@ -293,12 +315,10 @@ def test_pipeline_faults_in_children_end_in_one_place(tmp_path, monkeypatch) -> 
 def test_pipeline_without_children_measures_in_its_threads(tmp_path, monkeypatch, caplog) -> None:
     """Children that cannot start: the run says so once and measures every image itself,
     with the same outcome as a run that never asked for children."""
-    monkeypatch.setattr(images, "MEASURE_TARGET", "no_such_module:f")
     runs = {}
-    for name, processes in (("broken", "2"), ("none", "0")):
+    for name, processes in (("broken", 2), ("none", 0)):
         out = tmp_path / name
-        args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out)]
-        assert main([*args, "--images-from", "archive", "--measure-processes", processes]) == 0
+        _run_measuring(out, processes, "no_such_module:f")
         runs[name] = check_invariant(out)
         assert not (out / "dead_letter").exists() or not pq.read_table(out / "dead_letter")
     warnings = [r for r in caplog.records if "could not start" in r.getMessage()]

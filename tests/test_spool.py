@@ -11,8 +11,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from curation.config import ConfigError, CurationConfig
 from curation.record import BlobRef, image_size
-from pipelines.cli import main, resolve_runtime_defaults
+from pipelines.cli import main
 from pipelines.run import spool_directory
+from pipelines.runtime import plan_run
 from pipelines.spool import (
     SPOOL_PREFIX,
     SpoolWriter,
@@ -134,19 +135,17 @@ def test_transport_setting_is_checked_and_auto_settles_by_runner(tmp_path: Path)
         CurationConfig(image_transport="carrier pigeon")
     cfg = CurationConfig()
     assert cfg.image_transport == "auto"
-    local = resolve_runtime_defaults(cfg, PipelineOptions([]))
+    local = plan_run(cfg, PipelineOptions([]))
     assert local.image_transport == "spool"
-    workers = resolve_runtime_defaults(
-        cfg, PipelineOptions(["--direct_running_mode=multi_processing"])
-    )
+    workers = plan_run(cfg, PipelineOptions(["--direct_running_mode=multi_processing"]))
     assert workers.image_transport == "spool"  # every local worker sees the folder
-    cluster = resolve_runtime_defaults(cfg, PipelineOptions(["--runner=DataflowRunner"]))
+    cluster = plan_run(cfg, PipelineOptions(["--runner=DataflowRunner"]))
     assert cluster.image_transport == "shuffle"
     chosen = CurationConfig(image_transport="shuffle")
-    assert resolve_runtime_defaults(chosen, PipelineOptions([])).image_transport == "shuffle"
-    # A pipeline built without the CLI (auto unresolved) keeps the bytes in the records.
-    assert spool_directory(str(tmp_path), cfg) is None
-    spooled = spool_directory("relative/out", CurationConfig(image_transport="spool"))
+    assert plan_run(chosen, PipelineOptions([])).image_transport == "shuffle"
+    # A plan whose transport is the shuffle keeps the bytes in the records.
+    assert spool_directory(str(tmp_path), cluster) is None
+    spooled = spool_directory("relative/out", local)
     assert spooled is not None and Path(spooled).is_absolute()
 
 
@@ -247,9 +246,10 @@ def test_a_batch_that_fails_does_not_keep_its_images_from_later_batches(
     it would have sent must still go out with the next URL that has it."""
     import apache_beam as beam
 
-    from pipelines.images import BLOBS, FetchImagesFn
+    from pipelines.fetch_images import BLOBS, FetchImagesFn, Measurer
 
-    fn = FetchImagesFn(CurationConfig(), measured=True, spool=str(tmp_path / "spool"))
+    fn = FetchImagesFn(CurationConfig(), None, spool=str(tmp_path / "spool"))
+    fn.measurer = Measurer(None, None)  # no measuring processes to start
     fn.start_bundle()
     blob = beam.pvalue.TaggedOutput(BLOBS, ("sha-1", b"jpeg bytes"))
     puts = []
@@ -263,21 +263,22 @@ def test_a_batch_that_fails_does_not_keep_its_images_from_later_batches(
 
     monkeypatch.setattr(SpoolWriter, "put", fails_once)
 
-    def batch(then_raise: bool):
-        def run(_batch):
-            yield from fn._once([("url", "info"), blob])
-            if then_raise:
+    class Reader:  # reads one URL of an image, then maybe fails the rest of its batch
+        def __init__(self, then_raise: bool) -> None:
+            self.then_raise = then_raise
+
+        def read(self, _batch, _then):
+            yield [("url", "info"), blob]
+            if self.then_raise:
                 raise RuntimeError("a later image of the batch")
 
-        return run
-
-    fn._process = batch(then_raise=False)  # the spool write itself fails
+    fn.reader = Reader(then_raise=False)  # the spool write itself fails
     with pytest.raises(OSError):
         list(fn.process([]))
-    fn._process = batch(then_raise=True)  # the bytes are out, then the batch fails
+    fn.reader = Reader(then_raise=True)  # the bytes are out, then the batch fails
     with pytest.raises(RuntimeError):
         list(fn.process([]))
-    fn._process = batch(then_raise=False)
+    fn.reader = Reader(then_raise=False)
     (sent,) = [o for o in fn.process([]) if isinstance(o, beam.pvalue.TaggedOutput)]
     assert sent.value[0] == "sha-1" and isinstance(sent.value[1], BlobRef)
     assert list(fn.process([])) == [("url", "info")]  # once out, sent once per bundle

@@ -12,7 +12,8 @@ import pytest
 
 from curation import reasons
 from curation.config import CurationConfig
-from curation.extract import candidates_from_table, is_table_path
+from curation.extract import candidates_from_table
+from curation.inputs import input_kind
 from curation.stats import Funnel
 from curation.tables import TableError, table_columns
 
@@ -129,4 +130,4 @@ def test_laion_sample(laion_parquet) -> None:
     ],
 )
 def test_is_table_path(path: str, is_table: bool) -> None:
-    assert is_table_path(path) is is_table
+    assert (input_kind(path).name == "table") is is_table

@@ -131,7 +131,7 @@ def test_records_survive_pickling_and_rows_match_asdict() -> None:
     from apache_beam.coders import registry
 
     from curation.record import Rejected, Rejection
-    from pipelines.images import ImageInfo
+    from filters.measure import ImageInfo
 
     c = dataclasses.replace(cand("a red fox"), image=b"\xff\xd8\xff", nsfw_score=0.25, width=3)
     info = ImageInfo("http://a.example/x.jpg", "ab" * 32, "f" * 16, 640, 480, 640, 480, "JPEG")

@@ -1,0 +1,135 @@
+"""The output folder: what a run writes where, making room for a run, and the end-of-run
+summary with the invariant extracted = kept + rejected, counted from the files written.
+
+Every module that reads or writes a run's files takes the names from here.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+
+from curation.report import REPORT_FILE, SAMPLES_FILE
+from pipelines.errors import CurateError
+from pipelines.io import join, read_bytes
+from pipelines.spool import SPOOL_PREFIX
+
+CONFIG_FILE = "config.yaml"
+STATS_FILE = "stats.json"
+SHARDS_DIR = "shards"  # Parquet shards; the other formats go to OUTPUT/<format>/
+REJECTS_DIR = "rejects"
+DEAD_LETTER_DIR = "dead_letter"
+FORMAT_DIRS = {"parquet": SHARDS_DIR, "tfrecord": "tfrecord", "webdataset": "webdataset"}
+# Everything a run may leave in its folder (a spool of a run that died aside).
+RUN_NAMES = (
+    CONFIG_FILE,
+    STATS_FILE,
+    *FORMAT_DIRS.values(),
+    REJECTS_DIR,
+    REPORT_FILE,
+    SAMPLES_FILE,
+    DEAD_LETTER_DIR,
+)
+_GLOB_CHARS = "*?["
+
+
+def shard_directories(output: str, formats: tuple[str, ...]) -> dict[str, str]:
+    """Where each format's shards go: Parquet in shards/, the others in a folder named after
+    the format, so that a Parquet reader pointed at shards/ meets only Parquet."""
+    return {f: join(output, FORMAT_DIRS[f]) for f in formats}
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse an output folder holding a run, unless overwriting; then clear our files."""
+    from apache_beam.io.filesystems import FileSystems
+
+    bad = sorted(set(_GLOB_CHARS) & set(output))
+    if bad:
+        # Beam's filesystems read these as a pattern wherever the path is listed or
+        # deleted: files written there could not be found again.
+        raise CurateError(
+            f"--output {output!r}: the characters {' '.join(bad)} are not allowed in an "
+            "output path (Beam takes them for a file pattern)"
+        )
+    existing = []
+    for name in RUN_NAMES:
+        path = FileSystems.join(output, name)
+        # Object stores have no folders: a folder of ours is whatever lies under its prefix.
+        patterns = [path] if "://" not in output else [path, path + "/**"]
+        for result in FileSystems.match(patterns):
+            existing.extend(m.path for m in result.metadata_list)
+        if "://" not in output and os.path.isdir(path):
+            existing.append(path)
+    existing.extend(leftover_spools(output))
+    if existing and not overwrite:
+        raise CurateError(
+            f"--output {output!r} already holds a run ({existing[0]}); "
+            "pass --overwrite to replace it"
+        )
+    if existing:
+        FileSystems.delete(sorted(set(existing)))
+
+
+def leftover_spools(output: str) -> list[str]:
+    """Image spools of runs that died (a finished run removes its own): folders named as
+    pipelines/spool.py names them, or on an object store, the objects under one."""
+    from apache_beam.io.filesystems import FileSystems
+
+    named = re.compile(re.escape(SPOOL_PREFIX) + "[0-9a-f]{12}")
+    pattern = FileSystems.join(output, SPOOL_PREFIX + "*")
+    if "://" not in output:
+        return sorted(
+            p
+            for p in glob.glob(pattern)
+            if os.path.isdir(p) and named.fullmatch(os.path.basename(p))
+        )
+    found = []
+    for result in FileSystems.match([pattern + "/**"]):
+        for m in result.metadata_list:
+            folder = m.path[len(output) :].lstrip("/").split("/", 1)[0]
+            if named.fullmatch(folder):
+                found.append(m.path)
+    return sorted(found)
+
+
+def _row_count(folder: str) -> int:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    total = 0
+    for m in FileSystems.match([FileSystems.join(folder, "*.parquet")])[0].metadata_list:
+        with FileSystems.open(m.path) as fh:
+            total += pq.ParquetFile(fh).metadata.num_rows
+    return total
+
+
+def summarize(output: str) -> tuple[str, bool]:
+    """The end-of-run summary, and whether the files satisfy extracted = kept + rejected."""
+    stats = json.loads(read_bytes(join(output, STATS_FILE)))
+    totals = stats["totals"]
+    kept = _row_count(join(output, SHARDS_DIR))
+    rejected = _row_count(join(output, REJECTS_DIR))
+    ok = totals["extracted"] == kept + rejected and kept == totals["kept"]
+    lines = [
+        f"read: {_fmt(stats['read'])}",
+        f"extract: {_fmt(stats['extract'])}",
+    ]
+    for stage, by_reason in stats["rejected"].items():
+        lines.append(f"rejected at {stage}: {_fmt(by_reason)}")
+    if stats.get("dead_letter"):
+        lines.append(
+            f"DEAD LETTERS (exceptions, see {output}/{DEAD_LETTER_DIR}/): "
+            f"{_fmt(stats['dead_letter'])}"
+        )
+    mark = "OK" if ok else "MISMATCH"
+    lines.append(
+        f"invariant {mark}: extracted {totals['extracted']} = kept {kept} + rejected {rejected}"
+        f"  (from the files in {output})"
+    )
+    return "\n".join(lines), ok
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"

@@ -1,0 +1,215 @@
+"""The runner and the run's plan: which Beam runner runs the pipeline, and how the config's
+`auto` speed settings settle on it, decided once at the entry point.
+
+`CurationConfig` holds the user's decisions ('auto' included, as config.yaml records them);
+`RunPlan` holds what they came to on this runner. Stages get the part of the plan they use.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from curation.config import CurationConfig
+from filters.measure import MeasureSettings
+from pipelines.errors import CurateError
+from pipelines.measure_pool import DEFAULT_TARGET, WorkerPool
+
+# The runner names that run the pipeline on this machine, compared in lower case; None is
+# Beam's default (the DirectRunner).
+_LOCAL_RUNNER_NAMES = frozenset({"directrunner", "direct", "fnapirunner"})
+
+
+def runner_name(options: Any) -> str | None:
+    """The runner the options name, as typed (None: Beam's default)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return options.view_as(StandardOptions).runner
+
+
+def is_local_runner(name: str | None) -> bool:
+    """Whether `name` is one of the runners that make_runner runs in this process."""
+    return name is None or name.lower() in _LOCAL_RUNNER_NAMES
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How a run executes on its runner (the config's 'auto' values settled)."""
+
+    local: bool  # the FnApiRunner on this machine, in any running mode
+    in_memory: bool  # ... in its in_memory mode: one process runs every stage
+    image_transport: str  # spool or shuffle (curation/config.py)
+    nsfw_threads: int  # onnxruntime threads per model; 0 is one per core
+    # The measuring processes of each worker; None: the fetch threads measure.
+    workers: WorkerPool | None
+
+    @property
+    def measure_processes(self) -> int:
+        """Measuring processes per worker (0: the fetch threads measure)."""
+        return self.workers.processes if self.workers else 0
+
+    def describe(self) -> str:
+        """One line for the start of a run."""
+        return (
+            f"image transport {self.image_transport}, measuring processes "
+            f"{self.measure_processes}, NSFW threads {self.nsfw_threads or 'all cores'}"
+        )
+
+
+def plan_run(cfg: CurationConfig, options: Any, languages: bool = True) -> RunPlan:
+    """Settle cfg's 'auto' values for the runner in `options`. With `languages`, the
+    measuring processes also load the language detector for the text rules."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    local = is_local_runner(runner_name(options))
+    in_memory = local and (options.view_as(DirectOptions).direct_running_mode or "in_memory") == (
+        "in_memory"
+    )
+    # In memory, one bundle runs at a time in one process: the model and the measuring may
+    # use every core. Elsewhere several SDK threads or processes share the cores, and one
+    # thread each, measuring in the fetch threads, avoids oversubscription.
+    nsfw_threads = cfg.nsfw_threads if cfg.nsfw_threads != -1 else (0 if in_memory else 1)
+    processes = cfg.measure_processes
+    if processes == -1:
+        # More children than fetch threads would never all be busy.
+        processes = min(usable_cpus(), max(1, cfg.fetch_threads)) if in_memory else 0
+    transport = cfg.image_transport
+    if transport == "auto":
+        # Every local worker sees the spool (a folder under the output); on a cluster the
+        # shuffle service moves the bytes (a shared spool's ranged reads are unmeasured there).
+        transport = "spool" if local else "shuffle"
+    workers = None
+    if processes > 0:
+        detector = cfg.language_detector if languages and cfg.detect_language else None
+        workers = WorkerPool(
+            processes, MeasureSettings.of(cfg), cfg.measure_timeout, DEFAULT_TARGET, detector
+        )
+    return RunPlan(local, in_memory, transport, nsfw_threads, workers)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share), where known."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def make_runner(options: Any) -> Any:
+    """The runner for these options; the DirectRunner becomes the FnApiRunner directly.
+
+    Beam 2.77's DirectRunner first tries the Prism runner, which downloads a binary at run
+    time (it fails offline, then falls back, with error noise). We go straight to the
+    FnApiRunner the DirectRunner would fall back to; it honours direct_running_mode and
+    direct_num_workers. None for any other runner: Beam resolves it by name.
+    """
+    from apache_beam.options.pipeline_options import DirectOptions, WorkerOptions
+
+    if not is_local_runner(runner_name(options)):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    worker = options.view_as(WorkerOptions)
+    if worker.default_sdk_harness_log_level is None:
+        # multi_processing workers otherwise log every gRPC channel at INFO to our stderr.
+        worker.default_sdk_harness_log_level = "WARNING"
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(
+        beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    )
+    if options.view_as(DirectOptions).direct_running_mode is None:
+        options.view_as(DirectOptions).direct_running_mode = "in_memory"
+    return fn_runner.FnApiRunner(provision_info=provision)
+
+
+def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
+    """Beam's options from the arguments that are not ours, checked for the runner."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    # Beam checks the graph's type hints as it is built (~0.45 s a run) for a graph that is
+    # the same every run and that a test checks; the output is byte-identical either way
+    # (BENCHMARKS.md, "start-up"). Beam has only the flag that turns it off; ours,
+    # --pipeline_type_check, keeps it on.
+    if "--pipeline_type_check" in beam_args:
+        beam_args = [a for a in beam_args if a != "--pipeline_type_check"]
+    elif "--no_pipeline_type_check" not in beam_args:
+        beam_args = [*beam_args, "--no_pipeline_type_check"]
+    try:
+        options = PipelineOptions(beam_args)
+        options.get_all_options(retain_unknown_options=False)
+    except (SystemExit, ValueError) as e:
+        raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
+    check_dataflow_options(options, paths)
+    return options
+
+
+def check_dataflow_options(options: Any, paths: list[str]) -> None:
+    """Before submitting to Dataflow, name every missing or unusable option in one message."""
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        SetupOptions,
+        WorkerOptions,
+    )
+
+    if (runner_name(options) or "").lower() not in ("dataflowrunner", "dataflow"):
+        return
+    gcp = options.view_as(GoogleCloudOptions)
+    setup = options.view_as(SetupOptions)
+    problems = []
+    if not gcp.project:
+        problems.append("--project: the Google Cloud project to run in")
+    if not gcp.region:
+        problems.append("--region: where the workers run, e.g. us-central1")
+    if not (gcp.temp_location or "").startswith("gs://"):
+        problems.append("--temp_location gs://BUCKET/tmp: Dataflow stages files there")
+    image = options.view_as(WorkerOptions).sdk_container_image
+    if not image and not setup.setup_file:
+        problems.append(
+            "--sdk_container_image IMAGE (built from the Dockerfile, with the NSFW model "
+            "inside), or --setup_file ./setup.py to install the package on each worker"
+        )
+    local = [p for p in paths if "://" not in p]
+    if local:
+        problems.append(f"inputs and --output must be gs:// paths workers can read: {local[0]}")
+    if problems:
+        raise CurateError("DataflowRunner needs: " + "; ".join(problems))
+
+
+# glibc's malloc returns large freed blocks to the kernel, so every new buffer of the local
+# runner's data plane is faulted in again, page by page; held by the allocator instead, a
+# 2,000-image run took 0.3M minor faults instead of 0.9M (BENCHMARKS.md, "allocator").
+MALLOC_MMAP_THRESHOLD = 256 << 20
+MALLOC_TRIM_THRESHOLD = 512 << 20
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory for reuse (see above), in this process and the worker processes
+    it starts, and let Arrow allocate from it. Left alone where the user set glibc's
+    variables, or CURATE_TUNE_MALLOC=0, and off glibc; Arrow's pool is left alone where
+    ARROW_DEFAULT_MEMORY_POOL is set. True when applied."""
+    if os.environ.get("CURATE_TUNE_MALLOC") == "0" or any(
+        k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    ):
+        return False
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc: macOS, musl, Windows
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    if not (
+        mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
+        and mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+    ):
+        return False
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(MALLOC_TRIM_THRESHOLD)
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"  # read by worker processes
+        pa.set_memory_pool(pa.system_memory_pool())
+    return True
