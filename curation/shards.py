@@ -63,9 +63,8 @@ def arrow_table(
     """Rows as an Arrow table, as `pa.Table.from_pylist` builds it (a missing key is null),
     with the binary columns (image bytes) copied once into a buffer of their exact size.
 
-    from_pylist grows each binary column by doubling in Arrow's own allocator: for a shard of
-    2,000 images (114 MB) in the local runner, 0.6-0.8 s of fresh pages and copies against
-    ~0.03 s this way (same table; /tmp measurement inside `curate run`, 3 runs each).
+    from_pylist grows each binary column by doubling in Arrow's own allocator: fresh pages
+    and copies that took most of the encoding (BENCHMARKS.md, "figures behind code choices").
     """
     columns = []
     for field in schema:
@@ -118,9 +117,8 @@ def _binary_column(
 # A shard is written a row group at a time, each cut where its binary columns (the images)
 # pass this size: Arrow's column and the encoded pages then hold one group's images, not a
 # shard's (10,000 images of ~100 KB are ~1 GB, which the writer held three times over: the
-# rows, Arrow's column, the encoded pages). Measured on 2,000 images (125 MB), a
-# fresh process each, median of 7: one group 0.285 s, groups of 16 MB 0.215 s, of 8 MB
-# 0.235 s, of 64 MB 0.571 s (/tmp measurement; the benchmark corpus).
+# rows, Arrow's column, the encoded pages). 16 MB was the fastest of the sizes measured
+# (BENCHMARKS.md, "figures behind code choices").
 ROW_GROUP_BYTES = 16 << 20
 
 Rows = Sequence[Mapping[str, Any]]
@@ -307,8 +305,7 @@ def write_webdataset(groups: Iterable[Rows], sink: Any) -> None:
 
 def write_shard(fmt: str, rows: Rows, schema: pa.Schema, sink: Any) -> None:
     """One shard in one format, streamed into `sink` a row group at a time (see
-    ROW_GROUP_BYTES), so a shard's images are not copied twice more in memory (131 MB
-    shard: 0.7 -> 0.35 s with the write and its sha256, measured here)."""
+    ROW_GROUP_BYTES), so a shard's images are not copied twice more in memory."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown shard format {fmt!r} (known: {', '.join(FORMATS)})")
     if fmt == "parquet":

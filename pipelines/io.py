@@ -71,10 +71,9 @@ class _Digest(io.RawIOBase):
 
     The sha256 and the writes to the file run in a background thread, behind the encoder
     that calls write(): both release the GIL, so on the local runner, which runs one stage at
-    a time on one core, they take the second core. A 10,000-image Parquet shard (652 MB)
-    spent 1.5 s writing to disk and 0.4 s hashing after 0.5 s of encoding, one after the
-    other (cProfile, bench_spool.py's shard). finish() waits for the thread and raises what
-    it met. (Beam's opt-in per-thread GCS write metric does not see writes made from it.)
+    a time on one core, they take the second core (BENCHMARKS.md, "figures behind code
+    choices"). finish() waits for the thread and raises what it met. (Beam's opt-in
+    per-thread GCS write metric does not see writes made from it.)
     """
 
     def __init__(self, fh: Any) -> None:

@@ -114,11 +114,9 @@ def with_image_bytes(rows: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Rows whose "image" is a BlobRef get its bytes (one read pass for all of them).
 
     From a spool on local disk the bytes come as read-only memoryviews of the mapped spool
-    file, not as copies: the shard writers copy them once, into their own buffers. Inside
-    `curate run`, copying a 10,000-image shard's 652 MB took 0.4-1.8 s of the single-core
-    shard step, mostly first touches of fresh memory; with views the step went from
-    3.95-4.15 s to 1.95-2.77 s (BENCHMARKS.md, bench/bench_spool.py). A mapping, and its
-    file descriptor, live as long as a view of it: nothing to close.
+    file, not as copies: the shard writers copy them once, into their own buffers (copies
+    were most of the single-core shard step: BENCHMARKS.md, bench/bench_spool.py). A
+    mapping, and its file descriptor, live as long as a view of it: nothing to close.
     """
     refs = [r["image"] for r in rows if isinstance(r.get("image"), BlobRef)]
     if not refs:
