@@ -134,7 +134,7 @@ DIRECTIONS = _unit(len(CLASSES), DIM, seed=11)
 def _fake_encode_texts(texts: list[str]) -> torch.Tensor:
     rows = []
     for text in texts:
-        label = next(i for i, name in enumerate(CLASSES) if f" {name}." in text)
+        label = next(i for i, name in enumerate(CLASSES) if f" {name}" in f" {text}")
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
         noise = torch.randn(DIM, generator=torch.Generator().manual_seed(seed))
         rows.append(3 * DIRECTIONS[label] + noise)  # unnormalized, like a raw encoder output

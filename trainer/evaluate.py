@@ -18,21 +18,21 @@ from torch import Tensor
 
 T = TypeVar("T")
 
-# A handful of CLIP's 80 ImageNet templates. ALIGN evaluates zero-shot ImageNet with CLIP's prompt
-# ensemble and reports that it adds 2.9 points top-1 (PAPER.md, section 3); this subset is smaller,
-# so that gain is indicative, not guaranteed.
-PROMPT_TEMPLATES: list[str] = [
-    "a photo of a {}.",
-    "a bad photo of a {}.",
-    "a close-up photo of the {}.",
-    "a low resolution photo of the {}.",
-    "a cropped photo of the {}.",
-    "a bright photo of a {}.",
-    "a photo of the large {}.",
-    "a photo of the small {}.",
-    "itap of a {}.",
-    "art of the {}.",
-]
+ZERO_SHOT_DATA = Path(__file__).parent / "zeroshot"
+
+
+def _lines(name: str) -> list[str]:
+    text = (ZERO_SHOT_DATA / name).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# CLIP's 80 ImageNet prompt templates (Radford et al. 2021, the "Prompt_Engineering_for_ImageNet"
+# notebook), shipped as trainer/zeroshot/clip_templates.txt. ALIGN evaluates zero-shot ImageNet
+# with CLIP's prompt ensemble and reports that it adds 2.9 points top-1 (PAPER.md, section 3).
+PROMPT_TEMPLATES: list[str] = _lines("clip_templates.txt")
+# The 1000 ILSVRC-2012 classes in index order (sorted WordNet ids), with CLIP's readable names
+# (the same notebook): trainer/zeroshot/imagenet_classes.txt.
+IMAGENET_CLASSES: list[str] = _lines("imagenet_classes.txt")
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 
@@ -180,11 +180,17 @@ def _read_class_names(path: Path) -> dict[str, str]:
     return names
 
 
+def _is_wnid(name: str) -> bool:
+    return len(name) == 9 and name[0] == "n" and name[1:].isdigit()
+
+
 def image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Images in ImageNet layout root/<class>/<image>: (paths, labels, class names).
 
-    Classes are the sorted subfolders; a class's name is its folder name with '_' -> ' ',
-    unless root/classes.txt maps 'folder<TAB>name' per line.
+    Classes are the sorted subfolders. A class's name comes from root/classes.txt when it
+    maps 'folder<TAB>name' per line; else, for the full ILSVRC-2012 layout (1000 WordNet-id
+    folders, n01440764 ...), from CLIP's names (IMAGENET_CLASSES, in that sorted order);
+    else it is the folder name with '_' -> ' '.
     """
     root = Path(root)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -197,6 +203,8 @@ def image_folder(root: str | Path) -> tuple[list[Path], list[int], list[str]]:
         if missing:
             raise ValueError(f"{mapping_file} names no class for folders {missing[:5]}")
         names = [mapping[f] for f in folders]
+    elif len(folders) == len(IMAGENET_CLASSES) and all(_is_wnid(f) for f in folders):
+        names = list(IMAGENET_CLASSES)
     else:
         names = [f.replace("_", " ") for f in folders]
     paths: list[Path] = []
