@@ -258,6 +258,9 @@ def test_gpu_benchmark_script_runs_on_cpu() -> None:
             "--batch",
             "4",
             "--fixed-batch",
+            "--end-to-end",
+            "--workers",
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -267,3 +270,4 @@ def test_gpu_benchmark_script_runs_on_cpu() -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout[result.stdout.index("{") :])
     assert out["batch"] == 4 and out["samples_per_s"] > 0
+    assert out["loader_samples_per_s"] > 0 and out["end_to_end_samples_per_s"] > 0
