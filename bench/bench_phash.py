@@ -27,7 +27,6 @@ import common  # bench/common.py, beside this script
 from images_corpus import real_images  # bench/images_corpus.py, beside this script
 from PIL import Image
 
-from curation.config import CurationConfig
 from curation.record import Rejection
 from filters.image import HASH_SIDE, decode, image_phash, phash
 
@@ -167,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in dist[base]:
         ranges = " | ".join(f"{min(dist[s][name])}–{max(dist[s][name])}" for s in sides)
         rows.append(f"| {name} | {ranges} |")
-    cfg = CurationConfig()
     section = f"""## Decode size for the pHash (`bench/bench_phash.py`)
 
 {datetime.date.today().isoformat()}, `python bench/bench_phash.py --rounds {args.rounds}
@@ -182,8 +180,8 @@ of most web photos; most of the others are PNG, GIF or small, which draft mode c
 
 {chr(10).join(speed)}
 
-The distances the thresholds rest on (near_dup_distance {cfg.near_dup_distance},
-eval_dup_distance {cfg.eval_dup_distance}): each copy of the {len(evals)} evaluation photos
+The distances the thresholds rested on (the opt-in near_dup_distance 4, and 12 for the
+pHash eval rule that filters/evaldup.py replaced): each copy of the {len(evals)} evaluation photos
 against its original, both hashed the same way, and the closest pair among those and
 {len(unrelated)} unrelated photos:
 

@@ -123,19 +123,22 @@ class CurationConfig:
         "Yahoo open_nsfw README: scores above 0.8 are NSFW with high probability",
     )
     near_dup_distance: int = _opt(
-        4,
-        "pHash Hamming distance within which two images are near-duplicates (-1: off)",
-        "measured: resized/re-encoded copies <= 2, unrelated photos >= 20; k+1 bands of ~13 bits",
-    )
-    eval_dup_distance: int = _opt(
-        12,
-        "pHash distance within which an image duplicates an evaluation image",
-        "measured: catches lightly cropped copies, 8 below the closest unrelated pair",
+        -1,
+        "opt-in, not ALIGN's: reject images within this pHash Hamming distance of another "
+        "kept image of the run (-1: off; 4 catches resized and re-encoded copies)",
+        "off: ALIGN §3 removes duplicates of evaluation images only; 4 measured: copies <= 2, "
+        "unrelated photos >= 20 (BENCHMARKS.md)",
     )
     eval_images: tuple[str, ...] = _opt(
         (),
-        "evaluation images (paths or globs) whose near-duplicates are removed",
+        "evaluation images (paths or globs) whose duplicates and near-duplicates are removed; "
+        "for large sets build an index once with `curate eval-index` and pass --eval-index",
         "ALIGN §3: duplicates of ILSVRC-2012, Flickr30K and MSCOCO test images",
+    )
+    eval_index: str = _opt(
+        "",
+        "an eval-duplicate index written by `curate eval-index` (path or gs:// URL)",
+        "ALIGN §3; the two-stage matcher of filters/evaldup.py (BENCHMARKS.md, eval duplicates)",
     )
     resize_mode: str = _opt(
         "none",
@@ -316,6 +319,11 @@ class CurationConfig:
         if self.images_from not in ("archive", "http", "auto"):
             raise ConfigError(
                 f"config key 'images_from': unknown {self.images_from!r} (archive, http, auto)"
+            )
+        if self.eval_images and self.eval_index:
+            raise ConfigError(
+                "config keys 'eval_images' and 'eval_index': give one (add the images to the "
+                "index with `curate eval-index`)"
             )
         if self.image_transport not in IMAGE_TRANSPORTS:
             raise ConfigError(

@@ -28,6 +28,8 @@ SAMPLES_SCHEMA = pa.schema(
         ("image_url", pa.string()),
         ("detail", pa.string()),
         ("thumbnail", pa.binary()),  # JPEG, at most 160 px
+        # The image a duplicate copies (an evaluation image as its index keeps it), JPEG.
+        ("match_thumbnail", pa.binary()),
     ]
 )
 THUMBNAIL_SIDE = 160
@@ -153,11 +155,13 @@ def _gallery(title: str, samples: Sequence[Mapping[str, Any]]) -> str:
     figures = []
     for s in samples:
         thumb = s.get("thumbnail")
-        img = (
-            f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(thumb).decode()}">'
-            if thumb
-            else "<div class=noimg>no preview</div>"
-        )
+        img = _img(thumb) if thumb else "<div class=noimg>no preview</div>"
+        if s.get("match_thumbnail"):
+            # The rejected image beside the one it duplicates.
+            img = (
+                f"<div class=pair><div>{img}<small>this image</small></div>"
+                f"<div>{_img(s['match_thumbnail'])}<small>duplicates</small></div></div>"
+            )
         detail = f"<small>{html.escape(s.get('detail') or '')}</small>" if s.get("detail") else ""
         figures.append(
             f"<figure>{img}<figcaption>{html.escape(s['alt_text'])}{detail}</figcaption></figure>"
@@ -165,6 +169,10 @@ def _gallery(title: str, samples: Sequence[Mapping[str, Any]]) -> str:
     return (
         f"<section><h3>{html.escape(title)}</h3><div class=grid>{''.join(figures)}</div></section>"
     )
+
+
+def _img(jpeg: bytes) -> str:
+    return f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
 
 
 _CSS = """
@@ -177,6 +185,8 @@ figure img{display:block;max-width:160px;max-height:160px;margin:auto}
 figcaption{font-size:12px;margin-top:4px;word-break:break-word}
 figcaption small{display:block;color:#888}
 .noimg{width:160px;height:90px;background:#eee;color:#999;text-align:center;line-height:90px}
+.pair{display:flex;gap:4px}.pair>div{flex:1;text-align:center}.pair img{max-width:80px}
+.pair small{display:block;color:#888;font-size:11px}
 .hists{display:flex;flex-wrap:wrap;gap:16px}table{border-collapse:collapse}
 td,th{padding:2px 10px;text-align:right}td:first-child,th:first-child{text-align:left}
 """

@@ -1,4 +1,4 @@
-"""Near-duplicate images by 64-bit perceptual hash: banding, verification, the eval index.
+"""Near-duplicate images within a run by 64-bit perceptual hash: banding and verification.
 
 Two hashes within Hamming distance k agree exactly on at least one of k+1 disjoint bands
 (pigeonhole), so grouping by (band, value) finds every such pair without comparing all
@@ -7,7 +7,7 @@ pairs; each group is then verified exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -54,23 +54,3 @@ def smaller_neighbours(members: Sequence[tuple[str, str]], k: int) -> dict[str, 
         if close.size:
             out[keys[i]] = keys[int(close[0])]
     return out
-
-
-class EvalIndex:
-    """The hashes of evaluation images, checked exhaustively (the sets are small)."""
-
-    def __init__(self, entries: Iterable[tuple[str, str]]) -> None:
-        pairs = sorted(entries)
-        self.names = [n for n, _ in pairs]
-        self.hashes = np.array([int(h, 16) for _, h in pairs], dtype=np.uint64)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def closest(self, phash_hex: str, k: int) -> tuple[str, int] | None:
-        """The nearest evaluation image within distance k (ties: first by name), or None."""
-        if not self.names:
-            return None
-        d = _popcount(self.hashes ^ np.uint64(int(phash_hex, 16)))
-        i = int(np.argmin(d))
-        return (self.names[i], int(d[i])) if d[i] <= k else None

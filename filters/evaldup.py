@@ -427,6 +427,14 @@ class EvalMatchIndex:
         found = self.matches(web)
         return found[0] if found else None
 
+    def thumbnail(self, name: str) -> Image.Image | None:
+        """The grey thumbnail the index keeps of eval image `name` (what stage 2 compares
+        with), or None if the index has no such name."""
+        i = int(np.searchsorted(self.names, name))
+        if i >= len(self.names) or str(self.names[i]) != name:
+            return None
+        return self._thumb(i, False)
+
     def _thumb(self, entry: int, flip: bool) -> Image.Image:
         pixels = self.thumbs[entry]
         return Image.fromarray(pixels[:, ::-1].copy() if flip else pixels, mode="L")

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from curation import reasons
 from curation.config import CurationConfig
 from curation.fetch import FetchResult
 from curation.record import Rejection, fast_pickling
+
+if TYPE_CHECKING:
+    from filters.evaldup import WebFeatures
 from filters.image import (
     ImageHeader,
     check_size,
     decode,
     image_phash,
+    phash,
     read_header,
     resized_jpeg,
     sha256,
@@ -43,6 +47,8 @@ class ImageInfo:
     original_width: int
     original_height: int
     image_format: str
+    # What the eval-duplicate rule matches (filters/evaldup.py), when the run has one.
+    eval_features: WebFeatures | None = None
 
 
 Measured = tuple[ImageInfo, bytes] | Rejection
@@ -59,11 +65,14 @@ class MeasureSettings:
     resize_mode: str
     resize_max_side: int
     jpeg_quality: int
+    eval_features: bool = False  # compute what the eval-duplicate rule matches
 
     @classmethod
     def of(cls, cfg: CurationConfig) -> MeasureSettings:
         """The measuring view of a run configuration."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "eval_features"]
+        fields = {name: getattr(cfg, name) for name in names}
+        return cls(**fields, eval_features=bool(cfg.eval_images or cfg.eval_index))
 
 
 # Rules decided on an image's header alone (size, aspect), before any decode: each
@@ -82,9 +91,21 @@ def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) 
         rejection = rule(header, cfg)
         if rejection is not None:
             return rejection
-    hashed = image_phash(data)
-    if isinstance(hashed, Rejection):
-        return hashed
+    features = None
+    if getattr(cfg, "eval_features", False):
+        # One grey decode serves the pHash and the eval features (imported only here: the
+        # matcher's scipy is ~0.3 s of a process's start).
+        from filters.evaldup import grey_image, web_features_of
+
+        grey = grey_image(data)
+        if isinstance(grey, Rejection):
+            return grey
+        hashed = phash(grey)
+        features = web_features_of(grey)
+    else:
+        hashed = image_phash(data)
+        if isinstance(hashed, Rejection):
+            return hashed
     width, height, stored = header.width, header.height, data
     if cfg.resize_mode != "none":
         full = decode(data, min_side=None)
@@ -101,6 +122,7 @@ def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) 
         original_width=header.width,
         original_height=header.height,
         image_format=header.format,
+        eval_features=features,
     )
     return info, stored
 

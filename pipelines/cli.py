@@ -5,6 +5,7 @@ and pipelines/run.py.
 curate run --input PATH_OR_GLOB... --output DIR [--config FILE] [--stop-after STAGE]
            [--overwrite] [--<config-key> VALUE ...] [Beam pipeline options ...]
 curate report OUTPUT [OTHER_OUTPUT]
+curate eval-index --images SOURCE... --output FILE
 """
 
 from __future__ import annotations
@@ -131,6 +132,30 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     rep.add_argument("outputs", nargs="+", metavar="OUTPUT", help="one or two run folders")
+    ev = sub.add_parser(
+        "eval-index",
+        help="index evaluation images once, for `curate run --eval-index FILE`",
+        description=(
+            "Read evaluation images from folders (recursively), globs and tar archives "
+            "(ImageNet's validation tar is read as a stream, never unpacked), and write the "
+            "index that the eval-duplicate rule matches web images against. Entries are "
+            "named SET/FILE: SET is the folder's, the glob's folder's or the archive's name, "
+            "or the one given as SET=SOURCE."
+        ),
+        epilog="Example: curate eval-index --images imagenet-val=ILSVRC2012_img_val.tar "
+        "coco=val2014/ flickr30k=flickr30k-test/ --output eval.index",
+    )
+    ev.add_argument(
+        "--images", nargs="+", required=True, metavar="SOURCE", help="folders, globs or tars"
+    )
+    ev.add_argument("--output", required=True, metavar="FILE", help="the index file to write")
+    ev.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="processes that compute the features (default: one per core)",
+    )
     return parser
 
 
@@ -162,6 +187,39 @@ def cmd_report(args: argparse.Namespace) -> int:
         samples = []  # a run stopped before the image stage has no galleries
     write_atomic(join(output, REPORT_FILE), build_html(docs[0], samples, title=output).encode())
     print(f"wrote {join(output, REPORT_FILE)}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval_index(args: argparse.Namespace) -> int:
+    """`curate eval-index`."""
+    import tempfile
+
+    from filters.eval_index import build_eval_index
+    from pipelines.runtime import usable_cpus
+
+    processes = args.processes or usable_cpus()
+    remote = "://" in args.output
+    target = args.output
+    if remote:  # built locally, then copied to the object store
+        target = os.path.join(tempfile.mkdtemp(prefix="curate-eval-index-"), "eval.index")
+    try:
+        summary = build_eval_index(args.images, target, processes)
+    except (OSError, ValueError) as e:
+        raise CurateError(f"eval-index: {e}") from e
+    if remote:
+        from pipelines.io import write_atomic
+
+        with open(target, "rb") as fh:
+            write_atomic(args.output, fh.read())
+        os.remove(target)
+    sets = ", ".join(f"{name} {n:,}" for name, n in summary.per_set.items()) or "none"
+    print(f"eval index: {summary.entries:,} images ({sets}) -> {args.output}")
+    for name, why in summary.skipped[:20]:
+        print(f"  skipped {name}: {why}", file=sys.stderr)
+    if len(summary.skipped) > 20:
+        print(f"  ... and {len(summary.skipped) - 20} more skipped", file=sys.stderr)
+    if not summary.entries:
+        raise CurateError("eval-index: no usable image in the sources")
     return 0
 
 
@@ -272,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CurateError(f"unrecognized arguments: {' '.join(beam_args)}")
         if args.command == "report":
             return cmd_report(args)
+        if args.command == "eval-index":
+            return cmd_eval_index(args)
     except CurateError as e:
         print(f"curate: error: {e}", file=sys.stderr)
         return EXIT_USAGE

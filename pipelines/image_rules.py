@@ -10,6 +10,7 @@ turns it on, and a PTransform from (sha, ImageEntry) to KEPT entries and REJECTE
 
 from __future__ import annotations
 
+import io
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,12 +19,14 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.shared import Shared
 
 from curation import reasons
 from curation.config import CurationConfig
 from curation.record import Candidate, Rejection
-from filters.dedup import EvalIndex, bands, smaller_neighbours
-from filters.image import image_phash
+from filters.dedup import bands, smaller_neighbours
+from filters.eval_index import eval_features
+from filters.evaldup import EvalMatchIndex
 from filters.measure import ImageInfo
 from pipelines.joins import LookupJoin
 from pipelines.tags import KEPT, REJECTED, reject
@@ -105,25 +108,60 @@ def _verdict(sha: str, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
 
 
 class RejectEvalDuplicates(beam.PTransform):
-    """Images within eval_dup_distance (pHash) of an evaluation image (ALIGN §3 removed
-    duplicates and near-duplicates of its downstream test images)."""
+    """Images that copy an evaluation image (ALIGN §3 removed duplicates and near-duplicates
+    of its downstream test images): the two-stage matcher of filters/evaldup.py against the
+    index of cfg.eval_index, or of the cfg.eval_images, which each worker loads once."""
 
     def __init__(self, cfg: CurationConfig, prior: Any = None) -> None:
         super().__init__()
         self.cfg = cfg
 
     def expand(self, entries):
-        # The eval hashes are a fixed, small reference set: a side input.
-        index = (
-            entries.pipeline
-            | "Eval images" >> beam.Create(_expand_globs(self.cfg.eval_images))
-            | "Hash eval images" >> beam.FlatMap(_eval_entry)
-            | "Eval list" >> beam.combiners.ToList()
-            | "Eval index" >> beam.Map(EvalIndex)
-        )
-        return entries | "Eval duplicates" >> beam.FlatMap(
-            _check_eval, self.cfg.eval_dup_distance, index=beam.pvalue.AsSingleton(index)
+        source = EvalIndexSource(self.cfg.eval_index, self.cfg.eval_images)
+        return entries | "Eval duplicates" >> beam.ParDo(
+            CheckEvalDuplicatesFn(source)
         ).with_outputs(REJECTED, main=KEPT)
+
+
+@dataclass(frozen=True)
+class EvalIndexSource:
+    """Where a worker gets the eval index: a file written by `curate eval-index`, or
+    evaluation images (paths or globs) indexed when first needed, named by file name."""
+
+    index_file: str
+    images: tuple[str, ...]
+
+    def load(self) -> EvalMatchIndex:
+        """The index (built from the images, or read from the file)."""
+        if self.index_file:
+            return load_eval_index(self.index_file)
+        entries = []
+        for path in _expand_globs(self.images):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+                features = eval_features(fh.read())
+            if not isinstance(features, Rejection):  # an unreadable eval file matches nothing
+                entries.append((path.rsplit("/", 1)[-1], features))
+        return EvalMatchIndex(entries)
+
+    def shared(self) -> EvalMatchIndex:
+        """This process's index, loaded once for every step that uses it."""
+        return _EVAL_INDEXES.acquire(lambda: _Held(self.load()), tag=repr(self)).index
+
+
+def load_eval_index(path: str) -> EvalMatchIndex:
+    """An index file from any filesystem Beam reads (local, gs://, ...)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        return EvalMatchIndex.load(io.BytesIO(fh.read()))
+
+
+class _Held:
+    """An index that Beam's Shared can hold (it needs a weak-referenceable object)."""
+
+    def __init__(self, index: EvalMatchIndex) -> None:
+        self.index = index
+
+
+_EVAL_INDEXES = Shared()
 
 
 def _expand_globs(patterns: Iterable[str]) -> list[str]:
@@ -134,21 +172,30 @@ def _expand_globs(patterns: Iterable[str]) -> list[str]:
     return sorted(set(found))
 
 
-def _eval_entry(path: str) -> list[tuple[str, str]]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-        hashed = image_phash(fh.read())
-    if isinstance(hashed, Rejection):
-        return []  # an unreadable eval file cannot match anything; counted nowhere
-    return [(path.rsplit("/", 1)[-1], hashed)]
+class CheckEvalDuplicatesFn(beam.DoFn):
+    """(sha, ImageEntry) -> itself, or a REJECTED verdict naming the eval image matched."""
+
+    def __init__(self, source: EvalIndexSource) -> None:
+        self.source = source
+
+    def setup(self) -> None:
+        self.index = self.source.shared()
+
+    def process(self, entry: tuple[str, ImageEntry]) -> Iterator[Any]:
+        sha, image = entry
+        features = image.info.eval_features
+        if features is None:
+            raise ValueError(f"image {sha} was measured without eval features")
+        match = self.index.match(features)
+        if match is None:
+            yield entry
+        else:
+            yield _verdict(sha, reasons.EVAL_DUPLICATE, eval_detail(match.name, match.score))
 
 
-def _check_eval(entry: tuple[str, ImageEntry], k: int, index: EvalIndex) -> Iterator[Any]:
-    sha, image = entry
-    hit = index.closest(image.info.phash, k)
-    if hit is None:
-        yield entry
-    else:
-        yield _verdict(sha, reasons.EVAL_DUPLICATE, f"{hit[0]} (distance {hit[1]})")
+def eval_detail(name: str, score: float) -> str:
+    """The ledger's detail of an eval duplicate: the eval image and the match's score."""
+    return f"{name} (score {score:.3f})"
 
 
 class FindNearDuplicates(beam.PTransform):
@@ -208,7 +255,9 @@ def _drop_near(item: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
 
 # In order: each rule sees the survivors of the ones before it.
 CROSS_IMAGE_RULES: tuple[CrossImageRule, ...] = (
-    CrossImageRule("eval_duplicates", lambda cfg: bool(cfg.eval_images), RejectEvalDuplicates),
+    CrossImageRule(
+        "eval_duplicates", lambda cfg: bool(cfg.eval_images or cfg.eval_index), RejectEvalDuplicates
+    ),
     CrossImageRule("near_duplicates", lambda cfg: cfg.near_dup_distance >= 0, RejectNearDuplicates),
 )
 

@@ -6,6 +6,7 @@ their inputs with combiners that keep a bounded amount per worker.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from curation.shards import parquet_bytes
 from curation.stats import Distributions, Funnel
 from filters.tokenize import tokenize
 from pipelines.image_read import GOOD, ReadImages
+from pipelines.image_rules import EvalIndexSource
 from pipelines.io import join, write_atomic
 from pipelines.spool import read_blobs
 
@@ -190,11 +192,35 @@ class ReportSamples(beam.PTransform):
             | "Join previews" >> beam.CoGroupByKey()
             | "Rejected previews" >> beam.FlatMap(_rejected_rows)
         )
+        if self.cfg.eval_images or self.cfg.eval_index:
+            source = EvalIndexSource(self.cfg.eval_index, self.cfg.eval_images)
+            rejected_rows = rejected_rows | "Eval matches" >> beam.ParDo(AddEvalMatchFn(source))
         return (
             (kept_rows, rejected_rows)
             | "All samples" >> beam.Flatten()
             | ("Sample list" >> beam.combiners.ToList())
         )
+
+
+class AddEvalMatchFn(beam.DoFn):
+    """An eval_duplicate sample row gets the eval image it matched, as the index keeps it."""
+
+    def __init__(self, source: EvalIndexSource) -> None:
+        self.source = source
+
+    def setup(self) -> None:
+        self.index = self.source.shared()
+
+    def process(self, row: dict[str, Any]) -> Iterable[dict[str, Any]]:
+        if row["group"] == reasons.EVAL_DUPLICATE:
+            name = row["detail"].rsplit(" (score ", 1)[0]
+            grey = self.index.thumbnail(name)
+            if grey is not None:
+                side = 2 * grey.width  # shown at the size of the rejected image's preview
+                buf = io.BytesIO()
+                grey.resize((side, side)).save(buf, "JPEG", quality=85)
+                row = {**row, "match_thumbnail": buf.getvalue()}
+        yield row
 
 
 def _kept_previews(candidates: list[Candidate]) -> list[dict[str, Any]]:

@@ -115,6 +115,7 @@ SAMPLE_IMAGE_REJECTED = {
     "a barn owl in flight over a frosty meadow": reasons.NOT_IN_ARCHIVE,
     "un croissant doré posé sur une assiette blanche": reasons.NOT_IN_ARCHIVE,
 }
+FETCH_OR_IMAGE = ("fetch", "image")
 NEAR_DUPLICATE_PAIR = {
     "homemade crème brûlée with a caramelised sugar crust",
     "a loaf of sourdough bread cooling on a wire rack",
@@ -171,11 +172,18 @@ def test_the_run_freezes_the_heap_while_it_runs_and_unfreezes_it(tmp_path, monke
 
 
 def test_sample_end_to_end_with_images_from_the_archive(tmp_path) -> None:
+    args = ["--input", str(SAMPLE_WARC), "--images-from", "archive"]
+    # By default, as in ALIGN, near-duplicates within the run are kept: both of the pair.
+    assert run_cli(*args, "--output", str(tmp_path / "default")) == 0
+    kept, rejected, _ = check_invariant(tmp_path / "default")
+    image_rejects = {r["alt_text"]: r["reason"] for r in rejected if r["stage"] in FETCH_OR_IMAGE}
+    assert image_rejects == SAMPLE_IMAGE_REJECTED
+    assert {r["alt_text"] for r in kept} == SAMPLE_KEPT - set(SAMPLE_IMAGE_REJECTED)
+    # The opt-in rule removes one of the pair, and names the one it kept.
     out = tmp_path / "out"
-    args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
-    assert run_cli(*args) == 0
+    assert run_cli(*args, "--output", str(out), "--near-dup-distance", "4") == 0
     kept, rejected, _ = check_invariant(out)
-    image_rejects = {r["alt_text"]: r for r in rejected if r["stage"] in ("fetch", "image")}
+    image_rejects = {r["alt_text"]: r for r in rejected if r["stage"] in FETCH_OR_IMAGE}
     near = [r for r in image_rejects.values() if r["reason"] == reasons.NEAR_DUPLICATE]
     assert len(near) == 1 and near[0]["alt_text"] in NEAR_DUPLICATE_PAIR
     survivor = next(r for r in kept if r["alt_text"] in NEAR_DUPLICATE_PAIR)

@@ -91,16 +91,16 @@ def test_a_whole_run_from_and_to_a_bucket(emulator: str, tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - start < 120  # no ~25 s credential hunt per process
-    assert "invariant OK: extracted 38 = kept 12 + rejected 26" in result.stdout
+    assert "invariant OK: extracted 38 = kept 13 + rejected 25" in result.stdout
     local = tmp_path / "out"
     for blob in client.list_blobs("crawls", prefix="out/"):
         target = local / blob.name.removeprefix("out/")
         target.parent.mkdir(parents=True, exist_ok=True)
         blob.download_to_filename(str(target))
     kept, _, stats = check_invariant(local)
-    assert len(kept) == 12 and stats["totals"]["extracted"] == 38
+    assert len(kept) == 13 and stats["totals"]["extracted"] == 38
     assert (local / "report.html").exists() and (local / "config.yaml").exists()
-    assert json.loads((local / "webdataset" / "_manifest.json").read_text())["total"] == 12
+    assert json.loads((local / "webdataset" / "_manifest.json").read_text())["total"] == 13
     assert not [b.name for b in client.list_blobs("crawls", prefix="out/") if "/.tmp-" in b.name]
 
 

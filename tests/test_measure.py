@@ -271,7 +271,7 @@ def test_the_local_runner_fetches_with_the_pool_started_while_it_built(
     out = tmp_path / "out"
     args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
     assert main([*args, "--measure-processes", "2"]) == 0
-    assert len(check_invariant(out)[0]) == 12
+    assert len(check_invariant(out)[0]) == 13
     assert len(warmed) == 1 and warmed[0][0].processes == 2
     # One pool made, before the run, and the fetch step took it; it is closed at the end.
     assert len(pools_made) == 1 and taken == pools_made
@@ -307,8 +307,8 @@ def test_pipeline_faults_in_children_end_in_one_place(tmp_path, monkeypatch) -> 
     dead = pq.read_table(out / "dead_letter").to_pylist()
     assert [d["stage"] for d in dead] == ["measure"]
     assert "measure_or_fail" in dead[0]["traceback"] + dead[0]["error"]
-    # Without the faults the sample keeps 12 (README); these two are the difference.
-    assert len(kept) == 10
+    # Without the faults the sample keeps 13 (README); these two are the difference.
+    assert len(kept) == 11
     assert stats["rejected"]["image"][reasons.IMAGE_DECODER_CRASHED] == 1
 
 
@@ -324,7 +324,7 @@ def test_pipeline_without_children_measures_in_its_threads(tmp_path, monkeypatch
     warnings = [r for r in caplog.records if "could not start" in r.getMessage()]
     assert len(warnings) == 1 and "no_such_module" in warnings[0].getMessage()
     kept = {name: sorted(r["uid"] for r in run[0]) for name, run in runs.items()}
-    assert kept["broken"] == kept["none"] and len(kept["none"]) == 12
+    assert kept["broken"] == kept["none"] and len(kept["none"]) == 13
 
 
 # --- Language detection in the measuring processes (the in-memory runner's text rules).

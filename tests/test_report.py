@@ -23,7 +23,8 @@ from tests.conftest import SAMPLE_WARC
 def run_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "out"
     args = ["run", "--input", str(SAMPLE_WARC), "--output", str(out), "--images-from", "archive"]
-    assert main(args) == 0
+    # The opt-in near-duplicate rule on, so that its histogram and gallery show.
+    assert main([*args, "--near-dup-distance", "4"]) == 0
     return out
 
 

@@ -40,14 +40,14 @@ def test_manifest_lists_every_file_with_its_checksum(output: Path) -> None:
         ("webdataset", ".tar"),
     ):
         manifest = json.loads((output / folder / "_manifest.json").read_text())
-        assert manifest["total"] == 12
+        assert manifest["total"] == 13
         names = {e["shard"] for e in manifest["shards"]}
         on_disk = {p.name for p in (output / folder).iterdir() if not p.name.startswith("_")}
         assert names == on_disk
         for e in manifest["shards"]:
             data = (output / folder / e["shard"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == e["sha256"] and len(data) == e["bytes"]
-        # shard_size 5 and 12 records: 3 shards, named {shard:05d}
+        # shard_size 5 and 13 records: 3 shards, named {shard:05d}
         assert sorted(names) == [f"0000{i}{suffix}" for i in range(3)]
     # The same records in shard i of every format.
     by_format = {
@@ -60,7 +60,7 @@ def test_manifest_lists_every_file_with_its_checksum(output: Path) -> None:
 
 def test_parquet_with_pyarrow_dataset(output: Path) -> None:
     table = ds.dataset(output / "shards", format="parquet").to_table()
-    assert table.num_rows == 12
+    assert table.num_rows == 13
     for col in ("key", "url", "caption", "width", "height", "original_width", "original_height"):
         assert col in table.column_names
     rows = table.to_pylist()
@@ -71,7 +71,7 @@ def test_parquet_with_pyarrow_dataset(output: Path) -> None:
 def test_webdataset_with_the_webdataset_library(output: Path) -> None:
     tars = sorted(str(p) for p in (output / "webdataset").glob("*.tar"))
     samples = list(wds.WebDataset(tars, shardshuffle=False, empty_check=False))
-    assert len(samples) == 12
+    assert len(samples) == 13
     for s in samples:
         image_key = next(k for k in s if k in ("jpg", "png", "webp", "gif"))
         Image.open(io.BytesIO(s[image_key])).load()
@@ -99,7 +99,7 @@ def test_tfrecord_crcs_and_examples(output: Path) -> None:
     records = [
         r for p in sorted((output / "tfrecord").glob("*.tfrecord")) for r in read_tfrecords(p)
     ]
-    assert len(records) == 12
+    assert len(records) == 13
     for raw in records:
         ex = example_pb2.Example()
         ex.ParseFromString(raw)
