@@ -55,22 +55,31 @@ def _config_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Other names a config key's flag answers to: what users of img2dataset type.
+_ALIASES = {"formats": ("--format",)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for `curate`."""
+    # No abbreviations anywhere: a prefix (--min-unigram) must not silently mean a flag.
     parser = argparse.ArgumentParser(
         prog="curate",
         description="ALIGN-style curation of web crawls into image/alt-text pairs (Apache Beam).",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
+        allow_abbrev=False,
         help="extract, filter and write a dataset",
         description=(
             "Read web archives (WARC/ARC, .gz or plain) and/or URL tables (Parquet, CSV, TSV, "
             "JSONL), extract image/alt-text candidates, apply ALIGN's filters, and write "
-            "OUTPUT/shards (kept), OUTPUT/rejects (ledger), OUTPUT/stats.json and "
-            "OUTPUT/config.yaml. Options not listed here are passed to Apache Beam "
-            "(e.g. --runner, --direct_running_mode=multi_processing, --direct_num_workers)."
+            "OUTPUT/shards (kept), OUTPUT/rejects (ledger), OUTPUT/dead_letter (exceptions "
+            "that escaped a step, with tracebacks), OUTPUT/stats.json, OUTPUT/report.html and "
+            "OUTPUT/config.yaml. Apache Beam's own options (--runner, "
+            "--direct_running_mode=multi_processing, --direct_num_workers, ...) pass through "
+            "to Beam; any other unknown option is an error."
         ),
         epilog="Example: curate run --input sample/crawl.warc.gz --output out/sample",
     )
@@ -113,17 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
         default = f.default
         if isinstance(default, tuple):
             default = ",".join(default) if len(default) <= 8 else f"{len(default)} entries"
-        group.add_argument(
-            _config_flag(f.name),
-            dest=f"cfg_{f.name}",
-            metavar="VALUE",
-            # argparse formats help with %: escape the sources' own percent signs.
-            help=f"{f.metadata['help']} (default: {default}; {f.metadata['source']})".replace(
-                "%", "%%"
-            ),
-        )
+        # argparse formats help with %: escape the sources' own percent signs.
+        text = f"{f.metadata['help']} (default: {default}; {f.metadata['source']})"
+        names = [_config_flag(f.name), *_ALIASES.get(f.name, ())]
+        if f.type in (bool, "bool"):
+            # A switch (--nsfw), with its negation (--no-nsfw); --nsfw false works too.
+            group.add_argument(
+                *names,
+                dest=f"cfg_{f.name}",
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=text.replace("%", "%%"),
+            )
+            group.add_argument(
+                "--no-" + f.name.replace("_", "-"),
+                dest=f"cfg_{f.name}",
+                action="store_const",
+                const="false",
+                help=argparse.SUPPRESS,
+            )
+        else:
+            group.add_argument(
+                *names, dest=f"cfg_{f.name}", metavar="VALUE", help=text.replace("%", "%%")
+            )
     rep = sub.add_parser(
         "report",
+        allow_abbrev=False,
         help="print a run's funnel and rebuild its report.html; with two runs, compare them",
         description=(
             "With one OUTPUT: print the funnel as a table and rebuild OUTPUT/report.html from "
@@ -134,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("outputs", nargs="+", metavar="OUTPUT", help="one or two run folders")
     ev = sub.add_parser(
         "eval-index",
+        allow_abbrev=False,
         help="index evaluation images once, for `curate run --eval-index FILE`",
         description=(
             "Read evaluation images from folders (recursively), globs and tar archives "
@@ -303,8 +329,14 @@ def _launch(
     args: argparse.Namespace, cfg: CurationConfig, plan: Any, what: str, execute: Callable
 ) -> int:
     """Make room in the output folder, record the config, run, and print the summary."""
-    from pipelines.io import join, write_atomic
-    from pipelines.outputs import CONFIG_FILE, prepare_output, summarize
+    from pipelines.io import join, read_bytes, write_atomic
+    from pipelines.outputs import (
+        CONFIG_FILE,
+        STATS_FILE,
+        prepare_output,
+        summarize,
+        why_no_candidates,
+    )
     from pipelines.progress import Reporter
 
     prepare_output(args.output, args.overwrite)
@@ -315,7 +347,19 @@ def _launch(
         execute()
     text, ok = summarize(args.output)
     print(text)
+    empty = why_no_candidates(json.loads(read_bytes(join(args.output, STATS_FILE))))
+    if empty:  # the files are written (and balance), but there is nothing in them
+        print(f"curate: error: {empty}", file=sys.stderr)
+        return 1
     return 0 if ok else 1
+
+
+def _known_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of `curate run`, for suggestions."""
+    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "run"
+    ]
+    return [flag for action in run._actions for flag in action.option_strings]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_beam()
     try:
         if args.command == "run":
+            from pipelines.runtime import check_beam_args
+
+            check_beam_args(beam_args, _known_flags(parser))
             return cmd_run(args, beam_args)
         if beam_args:
             raise CurateError(f"unrecognized arguments: {' '.join(beam_args)}")

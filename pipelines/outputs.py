@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+from curation import reasons
 from curation.report import REPORT_FILE, SAMPLES_FILE
 from pipelines.errors import CurateError
 from pipelines.io import join, read_bytes
@@ -133,3 +134,27 @@ def summarize(output: str) -> tuple[str, bool]:
 
 def _fmt(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"
+
+
+def why_no_candidates(stats: dict) -> str | None:
+    """When a run extracted no candidate: one line saying why, from its funnel counts;
+    None when it extracted some."""
+    if stats["totals"]["extracted"]:
+        return None
+    read, extract = stats.get("read", {}), stats.get("extract", {})
+    files = read.get(reasons.FILES, 0)
+    not_archives = read.get(reasons.NOT_AN_ARCHIVE, 0)
+    if files and not_archives + read.get(reasons.FILE_FAILED, 0) >= files:
+        why = (
+            f"none of the {files} input file(s) is a WARC/ARC archive or a URL table "
+            f"(not_an_archive {not_archives}, file_failed {read.get(reasons.FILE_FAILED, 0)})"
+        )
+    elif not read.get(reasons.HTML_PAGES, 0) and not extract.get(reasons.TABLE_ROWS, 0):
+        why = f"the inputs hold no 2xx HTML page and no table row (read: {_fmt(read)})"
+    elif not extract.get(reasons.IMG_TAGS, 0) and not extract.get(reasons.TABLE_ROWS, 0):
+        pages = read.get(reasons.HTML_PAGES, 0)
+        why = f"the {pages} HTML page(s) hold no <img> tag"
+    else:
+        skipped = {k: v for k, v in extract.items() if k not in (reasons.IMG_TAGS,)}
+        why = f"no <img> tag or table row became a candidate (extract: {_fmt(skipped)})"
+    return f"no candidate: {why}"

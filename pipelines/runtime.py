@@ -124,6 +124,37 @@ def make_runner(options: Any) -> Any:
     return fn_runner.FnApiRunner(provision_info=provision)
 
 
+def check_beam_args(beam_args: list[str], our_flags: list[str]) -> None:
+    """Refuse every argument that neither we nor Beam define (Beam would drop it with a
+    log line), naming the closest known flag."""
+    import difflib
+
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in _subclasses(PipelineOptions)}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(beam_args)
+    if not unknown:
+        return
+    beam_flags = [flag for action in parser._actions for flag in action.option_strings]
+    arg = next((a for a in unknown if a.startswith("-")), unknown[0])
+    if not arg.startswith("-"):
+        raise CurateError(f"unexpected argument {arg!r}")
+    name = arg.split("=", 1)[0]
+    close = difflib.get_close_matches(name, [*our_flags, *beam_flags], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise CurateError(f"unknown option {name}{hint}; see curate run --help")
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
+
+
 def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
     """Beam's options from the arguments that are not ours, checked for the runner."""
     from apache_beam.options.pipeline_options import PipelineOptions

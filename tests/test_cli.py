@@ -430,3 +430,87 @@ def test_whole_graph_passes_beams_type_checks(tmp_path) -> None:
     p = beam.Pipeline(options=PipelineOptions([]))
     before, out = str(tmp_path / "before"), str(tmp_path / "out")
     build_retry_pipeline(p, before, out, CurationConfig(), Funnel())
+
+
+# --- What a curator types: no silent typos, switches, aliases, empty inputs.
+
+
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        (
+            ["--nsfw-treshold", "0.5"],
+            "unknown option --nsfw-treshold (did you mean --nsfw-threshold?)",
+        ),
+        (["--min-unigram", "5"], "unknown option --min-unigram (did you mean --min-unigrams?)"),
+        (
+            ["--nsfw_threshold=0.5"],
+            "unknown option --nsfw_threshold (did you mean --nsfw-threshold?)",
+        ),
+        (["--typo-flag", "3"], "unknown option --typo-flag;"),
+        (["--runer=DirectRunner"], "unknown option --runer (did you mean --runner?)"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_unknown_options_are_errors_that_name_them(tmp_path, capsys, typed, said) -> None:
+    out = tmp_path / "out"
+    assert run_cli("--input", str(SAMPLE_WARC), "--output", str(out), *typed) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused before anything was written
+
+
+def test_switches_aliases_and_beam_options(tmp_path) -> None:
+    out = tmp_path / "out"
+    args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--stop-after", "extract"]
+    cases = [
+        (["--allow-private-network", "--no-nsfw"], {"allow_private_network": True, "nsfw": False}),
+        (["--nsfw", "false", "--detect-language"], {"nsfw": False, "detect_language": True}),
+        (["--no-respect-robots", "--runner=DirectRunner"], {"respect_robots": False}),
+        (["--direct_num_workers", "1", "--format", "parquet"], {"formats": ["parquet"]}),
+    ]
+    for flags, want in cases:
+        assert run_cli(*args, "--overwrite", *flags) == 0, flags
+        cfg = yaml.safe_load((out / "config.yaml").read_text())
+        assert {k: cfg[k] for k in want} == want, flags
+
+
+def test_format_is_an_alias_of_formats(tmp_path) -> None:
+    from pipelines.cli import build_parser
+
+    args, _ = build_parser().parse_known_args(
+        ["run", "--output", "o", "--format", "parquet,tfrecord,webdataset"]
+    )
+    assert args.cfg_formats == "parquet,tfrecord,webdataset"
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"\x8b\x1f random bytes named like an archive", "none of the 1 input file(s) is a WARC"),
+        (None, "the 1 HTML page(s) hold no <img> tag"),
+    ],
+    ids=["not-an-archive", "no-img"],
+)
+def test_a_run_that_finds_no_candidate_fails_and_says_why(tmp_path, capsys, content, said):
+    path = tmp_path / "in.warc.gz"
+    if content is None:
+        from tests.test_archives import _warc_response
+
+        page = b"<html><body><p>words, and no picture at all</p></body></html>"
+        content = _warc_response(page, "identity")
+    path.write_bytes(content)
+    out = tmp_path / "out"
+    assert run_cli("--input", str(path), "--output", str(out)) == 1
+    err = capsys.readouterr().err
+    assert f"curate: error: no candidate: {said}" in err
+    check_invariant(out)  # the (empty) outputs are still written and balance
+
+
+def test_help_names_every_output_folder() -> None:
+    from pipelines.cli import build_parser
+
+    run = build_parser()._subparsers._group_actions[0].choices["run"]
+    text = run.format_help()
+    for name in ("OUTPUT/shards", "OUTPUT/rejects", "OUTPUT/dead_letter", "OUTPUT/stats.json"):
+        assert name in text
