@@ -249,27 +249,67 @@ def decode_body(headers: tuple[tuple[str, str], ...], body: bytes, max_bytes: in
         dechunked = _dechunk(body)
         if dechunked is not None:
             body = dechunked
-    encoding = hmap.get("content-encoding", "").strip().lower()
-    if encoding in ("", "identity", "none"):
-        pass
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        wbits = 47 if encoding != "deflate" else 15  # 47: gzip or zlib header, auto-detected
-        try:
-            d = zlib.decompressobj(wbits=wbits)
-            out = d.decompress(body, max_bytes + 1)
-        except zlib.error:
-            if encoding == "deflate":
-                try:
-                    d = zlib.decompressobj(wbits=-15)  # raw deflate, as some servers send
-                    out = d.decompress(body, max_bytes + 1)
-                except zlib.error:
-                    out = body
-            else:
-                # Archives often store the decoded body but keep the header.
-                out = body
-        body = out
-    else:
-        return reasons.CONTENT_ENCODING_UNSUPPORTED
+    # Content-Encoding lists the codings in the order they were applied: undo the last first.
+    codings = [c.strip() for c in hmap.get("content-encoding", "").lower().split(",")]
+    for coding in reversed([c for c in codings if c not in ("", "identity", "none")]):
+        decoder = _DECODERS.get(coding)
+        if decoder is None:
+            return reasons.CONTENT_ENCODING_UNSUPPORTED
+        body = decoder(body, max_bytes)
     if len(body) > max_bytes:
         return reasons.BODY_TOO_LARGE
     return body
+
+
+# Each decoder returns at most max_bytes + 1 bytes (enough to tell the body is too large, so
+# a compression bomb stops there) and, when the bytes do not decode, the body as stored:
+# archives often keep the Content-Encoding header over a body already decoded.
+
+
+def _gzip(body: bytes, max_bytes: int) -> bytes:
+    try:
+        return zlib.decompressobj(wbits=47).decompress(body, max_bytes + 1)  # gzip or zlib
+    except zlib.error:
+        return body
+
+
+def _deflate(body: bytes, max_bytes: int) -> bytes:
+    for wbits in (15, -15):  # zlib-wrapped, as the RFC says; raw, as some servers send
+        try:
+            return zlib.decompressobj(wbits=wbits).decompress(body, max_bytes + 1)
+        except zlib.error:
+            continue
+    return body
+
+
+def _brotli(body: bytes, max_bytes: int) -> bytes:
+    # Browsers ask for br, so crawls made by browsers hold it (Content-Encoding: br).
+    import brotli
+
+    try:
+        return brotli.Decompressor().process(body, output_buffer_limit=max_bytes + 1)
+    except brotli.error:
+        return body
+
+
+def _zstd(body: bytes, max_bytes: int) -> bytes:
+    import zstandard
+
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            # read() may return less than asked before the end: read until the cap or EOF.
+            while len(out) <= max_bytes and (chunk := reader.read(max_bytes + 1 - len(out))):
+                out += chunk
+    except zstandard.ZstdError:
+        return body
+    return bytes(out)
+
+
+_DECODERS = {
+    "gzip": _gzip,
+    "x-gzip": _gzip,
+    "deflate": _deflate,
+    "br": _brotli,
+    "zstd": _zstd,
+}

@@ -303,3 +303,69 @@ def test_stream_need_not_be_a_real_file() -> None:
     funnel = Funnel()
     found = list(candidates_from_archive(io.BytesIO(data), "mem", CFG, funnel))
     assert len(found) == 17
+
+
+# --- Content-Encoding of archived responses (browser crawls store br and zstd bodies).
+
+PAGE = (
+    b"<html><body><img src='/harbour.jpg' alt='fishing boats in a small harbour at dawn'>"
+    b"</body></html>"
+)
+
+
+def _warc_response(body: bytes, encoding: str) -> bytes:
+    """One gzipped WARC response record of an HTML page with this Content-Encoding."""
+    http = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n"
+        + f"Content-Encoding: {encoding}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    head = (
+        "WARC/1.0\r\nWARC-Type: response\r\nWARC-Target-URI: http://example.org/page\r\n"
+        "WARC-Date: 2026-01-01T00:00:00Z\r\nWARC-Record-ID: <urn:uuid:0>\r\n"
+        f"Content-Type: application/http; msgtype=response\r\nContent-Length: {len(http)}\r\n\r\n"
+    ).encode()
+    return gzip.compress(head + http + b"\r\n\r\n")
+
+
+def _encoded(coding: str, data: bytes) -> bytes:
+    import brotli
+    import zstandard
+
+    return {
+        "br": brotli.compress,
+        "zstd": zstandard.ZstdCompressor().compress,
+        "gzip": gzip.compress,
+        "gzip, br": lambda d: brotli.compress(gzip.compress(d)),
+    }[coding](data)
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd", "gzip", "gzip, br"])
+def test_compressed_bodies_are_decoded(coding: str) -> None:
+    record = _warc_response(_encoded(coding, PAGE), coding)
+    funnel = Funnel()
+    found = list(candidates_from_archive(io.BytesIO(record), "mem", CFG, funnel))
+    assert [c.alt_text for c in found] == ["fishing boats in a small harbour at dawn"]
+    assert funnel.get(reasons.STAGE_READ, reasons.CONTENT_ENCODING_UNSUPPORTED) == 0
+
+
+@pytest.mark.parametrize("coding", ["br", "zstd"])
+def test_a_compression_bomb_stops_at_the_body_limit(coding: str) -> None:
+    bomb = _encoded(coding, b"\0" * (64 << 20))  # 64 MB of zeros in a few KB
+    funnel = Funnel()
+    record = _warc_response(bomb, coding)
+    assert list(candidates_from_archive(io.BytesIO(record), "mem", CFG, funnel)) == []
+    assert funnel.get(reasons.STAGE_READ, reasons.BODY_TOO_LARGE) == 1
+
+
+def test_a_body_stored_decoded_under_its_header_is_read_as_stored() -> None:
+    record = _warc_response(PAGE, "br")  # the header kept, the body already decoded
+    found = list(candidates_from_archive(io.BytesIO(record), "mem", CFG, Funnel()))
+    assert len(found) == 1
+
+
+def test_an_unknown_coding_is_counted() -> None:
+    funnel = Funnel()
+    record = _warc_response(PAGE, "compress")
+    assert list(candidates_from_archive(io.BytesIO(record), "mem", CFG, funnel)) == []
+    assert funnel.get(reasons.STAGE_READ, reasons.CONTENT_ENCODING_UNSUPPORTED) == 1
