@@ -209,3 +209,61 @@ class Distributions:
                 for name, c in self.categories.items()
             },
         }
+
+
+# --- Bounded tables: the largest rows of a keyed count, and the sum of the rest.
+
+
+class TopTable:
+    """The `size` largest rows of a table of per-key counts, and the rest summed.
+
+    A row is (key, counts), ranked by the sum of its counts, ties by key, so every runner
+    and every merge order keeps the same rows. Each key must be added once overall (count
+    per key first, as Beam's CombinePerKey does): the table then holds the true top rows,
+    since a row among the top `size` of all is among the top `size` of any part.
+    """
+
+    __slots__ = ("rest", "rest_keys", "rows", "size")
+
+    def __init__(self, size: int, width: int) -> None:
+        self.size = size
+        self.rows: list[tuple[str, tuple[int, ...]]] = []
+        self.rest_keys = 0
+        self.rest: tuple[int, ...] = (0,) * width
+
+    def add(self, key: str, counts: Iterable[int]) -> None:
+        """One key's counts (each key once over all parts)."""
+        self.rows.append((key, tuple(counts)))
+        self._trim()
+
+    def merge(self, other: TopTable) -> TopTable:
+        """A new table holding the rows of both (the keys of the two are distinct)."""
+        out = TopTable(self.size, len(self.rest))
+        out.rows = [*self.rows, *other.rows]
+        out.rest_keys = self.rest_keys + other.rest_keys
+        out.rest = tuple(a + b for a, b in zip(self.rest, other.rest, strict=True))
+        out._trim()
+        return out
+
+    def _trim(self) -> None:
+        if len(self.rows) <= self.size:
+            return
+        self.rows.sort(key=lambda row: (-sum(row[1]), row[0]))
+        spilled, self.rows = self.rows[self.size :], self.rows[: self.size]
+        self.rest_keys += len(spilled)
+        for _, counts in spilled:
+            self.rest = tuple(a + b for a, b in zip(self.rest, counts, strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TopTable) and self.to_json_dict() == other.to_json_dict()
+
+    def __repr__(self) -> str:
+        return f"TopTable({self.to_json_dict()})"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """{"rows": [[key, *counts], ...] largest first, "rest": {"keys": n, "counts": [...]}}."""
+        rows = sorted(self.rows, key=lambda row: (-sum(row[1]), row[0]))
+        return {
+            "rows": [[key, *counts] for key, counts in rows],
+            "rest": {"keys": self.rest_keys, "counts": list(self.rest)},
+        }
