@@ -17,6 +17,7 @@ from curation.extract import candidates_from_archive, candidates_from_table
 from curation.record import Candidate
 from curation.stats import Funnel
 from curation.tables import resolve_columns, table_columns
+from curation.wat import candidates_from_wat, is_wat_path
 
 ReadCandidates = Callable[[BinaryIO, str, CurationConfig, Funnel], Iterator[Candidate]]
 Preflight = Callable[[BinaryIO, str, CurationConfig], None]
@@ -51,6 +52,16 @@ TABLE = InputKind(
     preflight=_check_table,
 )
 
+# Common Crawl's WAT files: each page's links, already extracted (curation/wat.py). They hold
+# no image bytes, so their images come over HTTP (or from archives given alongside). Before the
+# archive kind, which would read them as WARC files of metadata records and find no page.
+WAT = InputKind(
+    name="wat",
+    matches=is_wat_path,
+    read_candidates=candidates_from_wat,
+    holds_images=False,
+)
+
 # The catch-all, last: any other file is read as a WARC/ARC archive (gzipped or plain). A
 # file that is not one yields no candidate, and what was read of it is counted.
 ARCHIVE = InputKind(
@@ -61,7 +72,7 @@ ARCHIVE = InputKind(
 )
 
 # First match wins.
-INPUT_KINDS: tuple[InputKind, ...] = (TABLE, ARCHIVE)
+INPUT_KINDS: tuple[InputKind, ...] = (TABLE, WAT, ARCHIVE)
 
 
 def input_kind(path: str) -> InputKind:
