@@ -149,6 +149,13 @@ class CurationConfig:
         512, "longest (keep_ratio) or only (center_crop) side when resizing", "DataComp's 512"
     )
     jpeg_quality: int = _opt(95, "JPEG quality when re-encoding", "img2dataset's default 95")
+    encode_format: str = _opt(
+        "original",
+        "stored image format: original (JPEG, PNG and WebP without alpha kept as fetched; "
+        "the rest transcoded to PNG if transparent, else JPEG), or jpg, png, webp (every "
+        "image in that format: one type per tar)",
+        "the formats open_clip's WebDataset filter and tf.io.decode_image read (issue #20)",
+    )
 
     # --- HTTP fetching: polite and safe.
     user_agent: str = _opt(
@@ -264,6 +271,30 @@ class CurationConfig:
         "caption", "caption column of table inputs", "img2dataset's default name"
     )
 
+    # --- Input expansion: Common Crawl manifests (warc.paths.gz, wat.paths.gz) in --input.
+    paths_base: str = _opt(
+        "",
+        "where the relative paths of a manifest (warc.paths.gz, wat.paths.gz) are found: a "
+        "folder or URL prefix such as https://data.commoncrawl.org/ or s3://commoncrawl/ "
+        "(empty: the manifest's own location up to crawl-data/)",
+        "Common Crawl's manifests list paths from the bucket root (crawl-data/CC-MAIN-...)",
+    )
+    max_input_files: int = _opt(
+        0,
+        "read only the first N files a manifest lists (0: all)",
+        "a trial run over a few segments before the whole crawl",
+    )
+    sample_input_files: int = _opt(
+        0,
+        "read N files drawn at random (by seed) from a manifest, in the manifest's order (0: all)",
+        "a sample spread over the crawl's segments; the same seed draws the same files",
+    )
+    seed: int = _opt(
+        0,
+        "seed of sample_input_files",
+        "fixed: a rerun reads the same files",
+    )
+
     # --- Output.
     shard_size: int = _opt(
         10_000, "records per output shard", "img2dataset's and DataComp's 10,000 per shard"
@@ -330,6 +361,11 @@ class CurationConfig:
                 f"config key 'image_transport': unknown {self.image_transport!r} "
                 f"({', '.join(IMAGE_TRANSPORTS)})"
             )
+        if self.encode_format not in ("original", "jpg", "png", "webp"):
+            raise ConfigError(
+                f"config key 'encode_format': unknown {self.encode_format!r} "
+                "(original, jpg, png, webp)"
+            )
         if self.resize_mode not in ("none", "keep_ratio", "center_crop"):
             raise ConfigError(
                 f"config key 'resize_mode': unknown {self.resize_mode!r} "
@@ -348,6 +384,11 @@ class CurationConfig:
             raise ConfigError(
                 f"config key 'formats': unknown {bad[0] if bad else 'empty'!r} "
                 f"(known: {', '.join(SHARD_FORMATS)})"
+            )
+        if self.max_input_files and self.sample_input_files:
+            raise ConfigError(
+                "config keys 'max_input_files' and 'sample_input_files': give one (the first "
+                "N files, or N drawn by seed)"
             )
         if self.shard_size < 1:
             raise ConfigError("config key 'shard_size': must be at least 1")
