@@ -364,7 +364,7 @@ figure{margin:0;border:1px solid #ddd;border-radius:6px;padding:6px;background:#
 figure img{display:block;max-width:160px;max-height:160px;margin:auto}
 figcaption{font-size:12px;margin-top:4px;word-break:break-word}
 figcaption small{display:block;color:#888}
-.thumb{position:relative}
+.thumb{position:relative;width:fit-content;margin:auto}
 .flag{position:absolute;left:0;right:0;bottom:0;padding:2px 4px;font-size:11px;
 background:rgba(176,0,32,.85);color:#fff}
 .noimg{width:160px;min-height:90px;background:#eee;color:#666;text-align:center;

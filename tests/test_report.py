@@ -419,7 +419,7 @@ def _chromium(page: Path, shot: Path, profile: Path) -> list[str]:
                 f"--user-data-dir={profile}",
                 f"--proxy-server=http://{proxy.address}",
                 "--proxy-bypass-list=<-loopback>",
-                "--window-size=1200,3200",
+                "--window-size=1200,6000",
                 f"--screenshot={shot}",
                 page.as_uri(),
             ],
@@ -451,9 +451,12 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path) -> None:
     # the page itself adds no request: every host seen is one the blank page also produced.
     assert {_host(r) for r in requests} <= {_host(r) for r in browser_own}
     im = Image.open(shot).convert("RGB")
-    assert im.size == (1200, 3200)
+    assert im.size == (1200, 6000)
     colours = im.getcolors(maxcolors=1 << 20)
     counts = {c: n for n, c in colours}
     assert counts.get((0x3B, 0x7D, 0xD8), 0) > 2000  # the funnel's bars
     assert counts.get((0xD0, 0x64, 0x3B), 0) > 2000  # the rejection bars
     assert len(colours) > 5000  # thumbnails: photographs have many colours
+    assert counts.get((0x6A, 0x9F, 0x58), 0) > 5000  # histograms and the yield's kept shares
+    # The grey fox's flag: #b00020 at 85% over its grey (#c8c8c8).
+    assert sum(n for c, n in counts.items() if abs(c[0] - 180) < 6 and c[1] < 40) > 300
