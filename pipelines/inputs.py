@@ -27,6 +27,9 @@ def expand_inputs(patterns: list[str], cfg: CurationConfig | None = None) -> lis
     max_input_files, sample_input_files, seed)."""
     from apache_beam.io.filesystems import FileSystems
 
+    # Registers http(s):// with FileSystems (a Beam plugin: Dataflow's workers import it too).
+    from pipelines import http_filesystem  # noqa: F401
+
     cfg = cfg or CurationConfig()
     found: list[str] = []
     for pattern in patterns:
