@@ -89,10 +89,11 @@ class Candidate:
     height: int | None = None
     original_width: int | None = None  # as fetched, after EXIF orientation
     original_height: int | None = None
-    image_format: str | None = None  # Pillow's name of the fetched format (JPEG, PNG, ...)
+    image_format: str | None = None  # Pillow's name of the stored bytes' format (JPEG, ...)
     sha256: str | None = None  # of the fetched bytes
     phash: str | None = None  # 64-bit perceptual hash, 16 hex digits
     nsfw_score: float | None = None
+    original_format: str | None = None  # Pillow's name of the format as fetched
     # The stored image (original bytes, or re-encoded); between the fetch and the shard
     # writer it may be a BlobRef to them instead. Shards always hold the bytes.
     image: bytes | BlobRef | None = None
@@ -187,6 +188,7 @@ CANDIDATE_SCHEMA = pa.schema(
         pa.field("sha256", pa.string()),
         pa.field("phash", pa.string()),
         pa.field("nsfw_score", pa.float32()),
+        pa.field("original_format", pa.string()),
         pa.field("image", pa.binary()),
     ]
 )

@@ -24,19 +24,31 @@ from curation.record import CANDIDATE_SCHEMA, image_size
 FORMATS = ("parquet", "tfrecord", "webdataset")
 SUFFIX = {"parquet": ".parquet", "tfrecord": ".tfrecord", "webdataset": ".tar"}
 
-# img2dataset's column names, added beside ours so that its readers find them.
+# img2dataset's column names, added beside ours so that its readers find them; every row
+# written is one of its successes (a failure is in our rejects ledger instead).
 IMG2DATASET_ALIASES = (("key", "uid"), ("url", "image_url"), ("caption", "alt_text"))
+IMG2DATASET_STATUS = {"status": "success", "error_message": None}
 SHARD_SCHEMA = pa.schema(
     [
         pa.field("key", pa.string()),
         pa.field("url", pa.string()),
         pa.field("caption", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("error_message", pa.string()),
         *CANDIDATE_SCHEMA,
     ]
 )
 
 # Pillow format name -> the file extension that WebDataset/open_clip loaders look for.
-EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "MPO": "jpg"}
+EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "MPO": "jpg",
+    "JPEG2000": "jp2",
+    "TIFF": "tif",
+}
 
 
 def image_extension(image_format: str | None) -> str:
@@ -47,8 +59,9 @@ def image_extension(image_format: str | None) -> str:
 
 
 def with_aliases(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A kept row with img2dataset's key/url/caption columns added."""
-    out = {alias: row[ours] for alias, ours in IMG2DATASET_ALIASES}
+    """A kept row with img2dataset's key/url/caption/status/error_message columns added."""
+    out: dict[str, Any] = {alias: row[ours] for alias, ours in IMG2DATASET_ALIASES}
+    out.update(IMG2DATASET_STATUS)
     out.update(row)
     return out
 
@@ -240,23 +253,39 @@ def tfrecord_frame(record: bytes) -> bytes:
     )
 
 
+# What a null is written as in a tf.train.Example, so that every example carries every
+# feature and a strict parse spec (FixedLenFeature) reads them all.
+MISSING_STRING, MISSING_INT, MISSING_FLOAT = "", -1, float("nan")
+
+
 def example_features(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The tf.train.Example fields of a kept row (the usual image/* names, plus ours)."""
+    """The tf.train.Example fields of a kept row (the usual image/* names, plus ours);
+    nulls are MISSING_STRING, MISSING_INT or MISSING_FLOAT."""
+
+    def text(name: str) -> str:
+        value = row.get(name)
+        return MISSING_STRING if value is None else value
+
+    def number(name: str, missing: float) -> float:
+        value = row.get(name)
+        return missing if value is None else value
+
     return {
         "image/encoded": row["image"],
         "image/format": image_extension(row["image_format"]),
-        "image/width": row["width"],
-        "image/height": row["height"],
-        "image/original_width": row["original_width"],
-        "image/original_height": row["original_height"],
-        "image/sha256": row["sha256"],
-        "image/phash": row["phash"],
+        "image/original_format": image_extension(row.get("original_format")),
+        "image/width": number("width", MISSING_INT),
+        "image/height": number("height", MISSING_INT),
+        "image/original_width": number("original_width", MISSING_INT),
+        "image/original_height": number("original_height", MISSING_INT),
+        "image/sha256": text("sha256"),
+        "image/phash": text("phash"),
         "caption": row["alt_text"],
         "key": row["uid"],
         "url": row["image_url"],
-        "page_url": row["page_url"],
-        "text_lang": row["text_lang"],
-        "nsfw_score": row["nsfw_score"],
+        "page_url": text("page_url"),
+        "text_lang": text("text_lang"),
+        "nsfw_score": number("nsfw_score", MISSING_FLOAT),
     }
 
 
@@ -319,3 +348,23 @@ def write_shard(fmt: str, rows: Rows, schema: pa.Schema, sink: Any) -> None:
             sink.write(tfrecord_bytes(group))
     else:
         write_webdataset(groups, sink)
+
+
+def count_records(fmt: str, fh: Any) -> int:
+    """The records in one shard file (a seekable binary file object), read from the file's
+    own structure: Parquet's footer, TFRecord's length prefixes, a tar's sample members."""
+    if fmt == "parquet":
+        return pq.ParquetFile(fh).metadata.num_rows
+    if fmt == "tfrecord":
+        count = 0
+        while head := fh.read(12):
+            if len(head) < 12:
+                raise ValueError("a TFRecord file cut inside a record header")
+            (length,) = struct.unpack("<Q", head[:8])
+            fh.seek(length + 4, io.SEEK_CUR)  # the record and its CRC
+            count += 1
+        return count
+    if fmt == "webdataset":
+        with tarfile.open(fileobj=fh, mode="r:") as tar:
+            return sum(1 for m in tar if m.name.endswith(".json"))  # one .json per sample
+    raise ValueError(f"unknown shard format {fmt!r}")

@@ -182,16 +182,95 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def resized_jpeg(im: Image.Image, mode: str, max_side: int, quality: int) -> bytes:
-    """Re-encode like img2dataset: keep_ratio (longer side <= max_side) or center_crop."""
+def resized(im: Image.Image, mode: str, max_side: int) -> Image.Image:
+    """Resize like img2dataset: keep_ratio (longer side <= max_side) or center_crop."""
     if mode == "center_crop":
-        im = ImageOps.fit(im, (max_side, max_side), Image.Resampling.LANCZOS)
-    elif mode == "keep_ratio" and max(im.size) > max_side:
+        return ImageOps.fit(im, (max_side, max_side), Image.Resampling.LANCZOS)
+    if mode == "keep_ratio" and max(im.size) > max_side:
         im = im.copy()
         im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return im
+
+
+# --- The stored image: bytes that the trainers' decoders read (issue #20's table).
+#
+# Kept as fetched: JPEG, PNG and WebP without alpha, the formats open_clip's WebDataset
+# filter keeps (jpg/jpeg/png/webp) and tf.io.decode_image reads. Everything else (GIF, APNG
+# and animated WebP: their first frame; TIFF, BMP, ICO, JPEG 2000, AVIF, HEIC, MPO, WebP
+# with alpha) is transcoded: to PNG when it has transparent pixels (a flat background would
+# change the picture, and PNG keeps the alpha that RGBA-aware loaders use), else to JPEG.
+
+ENCODE_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}  # --encode-format -> Pillow
+KEPT_AS_FETCHED = frozenset({"JPEG", "PNG", "WEBP"})
+
+
+def stored_image(
+    data: bytes,
+    header: ImageHeader,
+    encode_format: str = "original",
+    quality: int = 95,
+    resize_mode: str = "none",
+    resize_max_side: int = 512,
+) -> tuple[bytes, str, int, int] | Rejection:
+    """The bytes the shards store for an image, their Pillow format name and their size:
+    the fetched bytes when trainers read them as they are, else the first frame, upright,
+    re-encoded (see above). `encode_format` jpg/png/webp re-encodes every image to that
+    format (fetched bytes already in it are kept); a resize mode always re-encodes."""
+    target = ENCODE_FORMATS.get(encode_format)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            if resize_mode == "none" and _keep_as_fetched(im, header, target):
+                return data, header.format, header.width, header.height
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+    except DECODE_ERRORS as e:
+        return Rejection(_STAGE, reasons.IMAGE_UNREADABLE, _error(e))
+    im = _eight_bit(im)
+    transparent = _has_transparency(im)
+    if resize_mode != "none":
+        im = resized(im, resize_mode, resize_max_side)
+    fmt = target or ("PNG" if transparent else "JPEG")
+    if fmt == "JPEG":
+        im = to_rgb(im)  # alpha over white: JPEG has none
+    elif im.mode not in ("RGB", "RGBA", "L", "LA"):
+        im = im.convert("RGBA" if transparent else "RGB")
     buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality, optimize=False)
-    return buf.getvalue()
+    if fmt == "PNG":
+        im.save(buf, format="PNG", compress_level=6)
+    else:
+        im.save(buf, format=fmt, quality=quality)
+    return buf.getvalue(), fmt, im.width, im.height
+
+
+def _keep_as_fetched(im: Image.Image, header: ImageHeader, target: str | None) -> bool:
+    if header.frames > 1:
+        return False  # animations are stored as their first frame
+    if target is not None:
+        return header.format == target
+    if header.format == "WEBP":
+        # tf.io.decode_image cannot read a WebP with an alpha channel, opaque or not.
+        return im.mode not in ("RGBA", "LA", "PA") and "transparency" not in im.info
+    return header.format in KEPT_AS_FETCHED
+
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16/32-bit and CMYK images in 8-bit modes the encoders take (alpha and palette kept)."""
+    if im.mode.startswith(("I;16", "I", "F")) or im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return to_rgb(im)
+    if im.mode == "P":
+        return im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    if im.mode in ("RGBa", "La", "PA"):
+        return im.convert("RGBA")
+    return im
+
+
+def _has_transparency(im: Image.Image) -> bool:
+    if im.mode not in ("RGBA", "LA"):
+        return False
+    low, _ = im.getchannel("A").getextrema()
+    return low < 255
 
 
 # Magic numbers of the image formats we accept, sniffed before trusting Content-Type.

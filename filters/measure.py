@@ -18,12 +18,11 @@ if TYPE_CHECKING:
 from filters.image import (
     ImageHeader,
     check_size,
-    decode,
     image_phash,
     phash,
     read_header,
-    resized_jpeg,
     sha256,
+    stored_image,
 )
 
 _FETCH = reasons.STAGE_FETCH
@@ -46,7 +45,8 @@ class ImageInfo:
     height: int
     original_width: int
     original_height: int
-    image_format: str
+    image_format: str  # of the stored bytes
+    original_format: str  # as fetched
     # What the eval-duplicate rule matches (filters/evaldup.py), when the run has one.
     eval_features: WebFeatures | None = None
 
@@ -65,6 +65,7 @@ class MeasureSettings:
     resize_mode: str
     resize_max_side: int
     jpeg_quality: int
+    encode_format: str = "original"
     eval_features: bool = False  # compute what the eval-duplicate rule matches
 
     @classmethod
@@ -106,13 +107,17 @@ def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) 
         hashed = image_phash(data)
         if isinstance(hashed, Rejection):
             return hashed
-    width, height, stored = header.width, header.height, data
-    if cfg.resize_mode != "none":
-        full = decode(data, min_side=None)
-        if isinstance(full, Rejection):
-            return full
-        stored = resized_jpeg(full, cfg.resize_mode, cfg.resize_max_side, cfg.jpeg_quality)
-        width, height = _size_of(stored)
+    kept = stored_image(
+        data,
+        header,
+        getattr(cfg, "encode_format", "original"),
+        cfg.jpeg_quality,
+        cfg.resize_mode,
+        cfg.resize_max_side,
+    )
+    if isinstance(kept, Rejection):
+        return kept
+    stored, stored_format, width, height = kept
     info = ImageInfo(
         url=url,
         sha256=sha256(data),
@@ -121,7 +126,8 @@ def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) 
         height=height,
         original_width=header.width,
         original_height=header.height,
-        image_format=header.format,
+        image_format=stored_format,
+        original_format=header.format,
         eval_features=features,
     )
     return info, stored
@@ -132,9 +138,3 @@ def measure(url: str, result: FetchResult, cfg: MeasureSettings | CurationConfig
     if not result.ok:
         return Rejection(_FETCH, result.reason or reasons.FETCH_FAILED, result.detail)
     return measure_bytes(url, result.data, cfg)  # type: ignore[arg-type]
-
-
-def _size_of(data: bytes) -> tuple[int, int]:
-    header = read_header(data, 1 << 62)
-    assert not isinstance(header, Rejection), "our own JPEG must read back"
-    return header.width, header.height

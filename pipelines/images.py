@@ -238,6 +238,7 @@ def _with_image(
         original_width=info.original_width,
         original_height=info.original_height,
         image_format=info.image_format,
+        original_format=info.original_format,
         sha256=info.sha256,
         phash=info.phash,
         nsfw_score=score,

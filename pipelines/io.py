@@ -261,6 +261,13 @@ def manifest_json(entries: list[dict[str, Any]]) -> bytes:
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
+def sizes_json(entries: list[dict[str, Any]]) -> bytes:
+    """sizes.json beside WebDataset tars: {tar name: samples}, which open_clip's loader
+    reads for the dataset's size (so no --train-num-samples is needed)."""
+    doc = {e["shard"]: e["count"] for e in sorted(entries, key=lambda e: e["shard"])}
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
 def remove_stale_temporaries(directory: str) -> None:
     """Delete temporary files that a retried or killed worker left behind."""
     pattern = join(directory, TMP_PREFIX + "*")

@@ -95,24 +95,48 @@ def leftover_spools(output: str) -> list[str]:
     return sorted(found)
 
 
-def _row_count(folder: str) -> int:
-    import pyarrow.parquet as pq
+def record_count(folder: str, fmt: str = "parquet") -> int:
+    """The records in a folder's shards of one format, counted from the files themselves."""
+    from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
+    from curation.shards import SUFFIX, count_records
+
     total = 0
-    for m in FileSystems.match([FileSystems.join(folder, "*.parquet")])[0].metadata_list:
-        with FileSystems.open(m.path) as fh:
-            total += pq.ParquetFile(fh).metadata.num_rows
+    pattern = FileSystems.join(folder, "*" + SUFFIX[fmt])
+    for m in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(m.path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            total += count_records(fmt, fh)
     return total
 
 
+def written_formats(output: str) -> list[str]:
+    """The shard formats a finished run wrote (each folder has its _manifest.json)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return [
+        fmt
+        for fmt, folder in FORMAT_DIRS.items()
+        if FileSystems.exists(join(output, folder, "_manifest.json"))
+    ]
+
+
 def summarize(output: str) -> tuple[str, bool]:
-    """The end-of-run summary, and whether the files satisfy extracted = kept + rejected."""
+    """The end-of-run summary, and whether the files satisfy extracted = kept + rejected:
+    kept counted in every format written (each must hold the same number)."""
     stats = json.loads(read_bytes(join(output, STATS_FILE)))
     totals = stats["totals"]
-    kept = _row_count(join(output, SHARDS_DIR))
-    rejected = _row_count(join(output, REJECTS_DIR))
-    ok = totals["extracted"] == kept + rejected and kept == totals["kept"]
+    kept_by_format = {
+        fmt: record_count(join(output, FORMAT_DIRS[fmt]), fmt) for fmt in written_formats(output)
+    }
+    kept = next(iter(kept_by_format.values()), 0)
+    rejected = record_count(join(output, REJECTS_DIR))
+    ok = (
+        bool(kept_by_format)
+        and len(set(kept_by_format.values())) == 1
+        and totals["extracted"] == kept + rejected
+        and kept == totals["kept"]
+    )
     lines = [
         f"read: {_fmt(stats['read'])}",
         f"extract: {_fmt(stats['extract'])}",
@@ -124,6 +148,8 @@ def summarize(output: str) -> tuple[str, bool]:
             f"DEAD LETTERS (exceptions, see {output}/{DEAD_LETTER_DIR}/): "
             f"{_fmt(stats['dead_letter'])}"
         )
+    if len(set(kept_by_format.values())) > 1:
+        lines.append(f"the formats disagree on the kept records: {_fmt(kept_by_format)}")
     mark = "OK" if ok else "MISMATCH"
     lines.append(
         f"invariant {mark}: extracted {totals['extracted']} = kept {kept} + rejected {rejected}"

@@ -28,6 +28,7 @@ from pipelines.io import (
     join,
     manifest_json,
     remove_stale_temporaries,
+    sizes_json,
     write_atomic,
     write_shard_file,
 )
@@ -266,6 +267,8 @@ def _finish_shards(
             # An empty result still gets one (empty) shard, so readers find a file.
             mine = [write_shard_file(directory, 0, fmt, [], schema)]
         write_atomic(join(directory, "_manifest.json"), manifest_json(mine))
+        if fmt == "webdataset":
+            write_atomic(join(directory, "sizes.json"), sizes_json(mine))
         remove_stale_temporaries(directory)
         total = sum(e["count"] for e in mine)
     return total

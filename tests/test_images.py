@@ -28,8 +28,8 @@ from filters.image import (
     decode,
     image_phash,
     read_header,
-    resized_jpeg,
     sniff_image,
+    stored_image,
 )
 from filters.nsfw import OpenNsfwScorer, check_nsfw
 from pipelines.image_rules import FindNearDuplicates
@@ -166,11 +166,15 @@ def test_sniff_image(head: bytes, mime: str | None) -> None:
 
 
 def test_resize_modes() -> None:
-    im = Image.new("RGB", (800, 400), (10, 20, 30))
-    kept = Image.open(io.BytesIO(resized_jpeg(im, "keep_ratio", 256, 90)))
-    assert kept.size == (256, 128) and kept.format == "JPEG"
-    crop = Image.open(io.BytesIO(resized_jpeg(im, "center_crop", 256, 90)))
-    assert crop.size == (256, 256)
+    buf = io.BytesIO()
+    Image.new("RGB", (800, 400), (10, 20, 30)).save(buf, "PNG")
+    data = buf.getvalue()
+    header = read_header(data, CFG.max_image_pixels)
+    stored, fmt, w, h = stored_image(data, header, "original", 90, "keep_ratio", 256)
+    kept = Image.open(io.BytesIO(stored))
+    assert kept.size == (w, h) == (256, 128) and kept.format == fmt == "JPEG"
+    stored, fmt, w, h = stored_image(data, header, "original", 90, "center_crop", 256)
+    assert Image.open(io.BytesIO(stored)).size == (w, h) == (256, 256) and fmt == "JPEG"
 
 
 # --- pHash banding and the evaluation-set check.

@@ -42,7 +42,7 @@ def test_manifest_lists_every_file_with_its_checksum(output: Path) -> None:
         manifest = json.loads((output / folder / "_manifest.json").read_text())
         assert manifest["total"] == 13
         names = {e["shard"] for e in manifest["shards"]}
-        on_disk = {p.name for p in (output / folder).iterdir() if not p.name.startswith("_")}
+        on_disk = {p.name for p in (output / folder).iterdir() if p.name.endswith(suffix)}
         assert names == on_disk
         for e in manifest["shards"]:
             data = (output / folder / e["shard"]).read_bytes()

@@ -134,7 +134,9 @@ def test_records_survive_pickling_and_rows_match_asdict() -> None:
     from filters.measure import ImageInfo
 
     c = dataclasses.replace(cand("a red fox"), image=b"\xff\xd8\xff", nsfw_score=0.25, width=3)
-    info = ImageInfo("http://a.example/x.jpg", "ab" * 32, "f" * 16, 640, 480, 640, 480, "JPEG")
+    info = ImageInfo(
+        "http://a.example/x.jpg", "ab" * 32, "f" * 16, 640, 480, 640, 480, "JPEG", "GIF"
+    )
     records = [c, Rejected(c, Rejection("text", "text_too_short", "2")), info]
     for record in records:
         for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
