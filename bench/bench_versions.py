@@ -1,6 +1,7 @@
 """Benchmark: the same `curate run`s on two versions of the code, side by side.
 
-A git revision (checked out once into a worktree under --cache) against the working tree,
+A git revision (checked out once into a worktree under --cache) against the working tree
+(or a second revision, --new),
 on (1) the image path: N distinct JPEGs served by a local server on ports of 127.0.0.1
 (bench_images' corpus), `--images-from http`, NSFW off and on; (2) the text stage: a
 seeded synthetic URL table of R rows (bench/gen_candidates.py), `--stop-after text`. Each
@@ -87,6 +88,7 @@ def compare(name: str, tools: list[Tool], lst: Path, rounds: int, work: Path) ->
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--base", required=True, help="the git revision to compare against")
+    ap.add_argument("--new", default="", help="a git revision in place of the working tree")
     ap.add_argument("--n", type=int, default=2000, help="images served (0: no image runs)")
     ap.add_argument("--rows", type=int, default=100_000, help="text-stage rows (0: none)")
     ap.add_argument("--rounds", type=int, default=5)
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     args.cache.mkdir(parents=True, exist_ok=True)
     base = worktree(args.base, args.cache)
+    new, new_name = (worktree(args.new, args.cache), args.new) if args.new else (REPO, "tree")
     work = Path(tempfile.mkdtemp(prefix="bench_versions-"))
     rows = []
     if args.n:
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
                 flags += ["--nsfw", nsfw]
                 tools = [
                     Tool(f"{args.base} {nsfw}", curate(base, flags), kept),
-                    Tool(f"tree {nsfw}", curate(REPO, flags), kept),
+                    Tool(f"{new_name} {nsfw}", curate(new, flags), kept),
                 ]
                 label = f"images, {args.n:,} URLs, NSFW {'on' if nsfw == 'true' else 'off'}"
                 rows.append(compare(label, tools, lst, args.rounds, work))
@@ -122,11 +125,11 @@ def main(argv: list[str] | None = None) -> None:
         flags = ["--stop-after", "text"]
         tools = [
             Tool(f"{args.base} text", curate(base, flags), kept),
-            Tool("tree text", curate(REPO, flags), kept),
+            Tool(f"{new_name} text", curate(new, flags), kept),
         ]
         rows.append(compare(f"text stage, {args.rows:,} rows", tools, table, args.rounds, work))
     print(
-        f"| run | kept | {args.base} s (median) | working tree s | ratio tree/{args.base} "
+        f"| run | kept | {args.base} s (median) | {new_name} s | ratio {new_name}/{args.base} "
         "(median, range) |\n|---|--:|--:|--:|--:|"
     )
     print("\n".join(rows))

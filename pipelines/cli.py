@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--input",
         nargs="+",
         metavar="PATH_OR_GLOB",
-        help="archives or tables; globs, folders and gs:// paths work",
+        help="archives (WARC/ARC), WAT files, URL tables or Common Crawl manifests "
+        "(warc.paths.gz, wat.paths.gz); globs, folders, gs:// and http(s):// paths work",
     )
     run.add_argument(
         "--retry-failed",
@@ -283,7 +284,7 @@ def cmd_run(args: argparse.Namespace, beam_args: list[str]) -> int:
     # Options first: a Dataflow submission missing --region fails before anything is read.
     options = pipeline_options(beam_args, [*args.input, args.output])
     plan = plan_run(cfg, options)
-    inputs = expand_inputs(args.input)
+    inputs = expand_inputs(args.input, cfg)
     check_inputs(inputs, cfg)
 
     def execute() -> None:
@@ -354,6 +355,10 @@ def _launch(
     return 0 if ok else 1
 
 
+def _folder(path: str) -> str:
+    return path.rstrip("/") or path
+
+
 def _known_flags(parser: argparse.ArgumentParser) -> list[str]:
     """Every option string of `curate run`, for suggestions."""
     run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
@@ -366,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `curate` console script."""
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    # One spelling of a folder (the report's title is its path): "out/" is "out".
+    if getattr(args, "output", None) and args.command == "run":
+        args.output = _folder(args.output)
+    if args.command == "report":
+        args.outputs = [_folder(o) for o in args.outputs]
     _quiet_beam()
     try:
         if args.command == "run":

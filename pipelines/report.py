@@ -247,16 +247,15 @@ def _rev(s: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in s)
 
 
-def stats_document(funnel: Funnel, dist: Distributions, hosts: dict[str, Any]) -> dict[str, Any]:
+def stats_document(funnel: Funnel, dist: Distributions, tables: dict[str, Any]) -> dict[str, Any]:
     """stats.json: the funnel, the distributions, the top hosts, the yield per language and
-    per host, and the top texts of two text rules. `hosts` is CollectStatistics' dict of
-    tables (named for the top hosts it first held)."""
+    per host, and the top texts of two text rules (`tables`: CollectStatistics' tables)."""
     doc = funnel.to_json_dict()
     doc["distributions"] = dist.to_json_dict()
-    doc["top_hosts"] = {"kept": [list(h) for h in hosts.get("top_hosts_kept", [])]}
+    doc["top_hosts"] = {"kept": [list(h) for h in tables.get("top_hosts_kept", [])]}
 
     def table(name: str, width: int) -> dict[str, Any]:
-        found = hosts.get(name) or TopTable(TABLE_ROWS[name], width)
+        found = tables.get(name) or TopTable(TABLE_ROWS[name], width)
         return found.to_json_dict()
 
     doc["yield"] = {name: table(name, 2) for name in YIELDS}
@@ -287,6 +286,21 @@ def _text_row(r: Rejected) -> dict[str, Any]:
     return _sample_row(r.rejection.reason, r.candidate, r.rejection.detail, None)
 
 
+class TextSamples(beam.PTransform):
+    """Rejected records -> sample rows of each text reason's alt-texts (the smallest uids)."""
+
+    def expand(self, rejected):
+        return (
+            rejected
+            | "Text rejects" >> beam.Filter(lambda r: r.rejection.stage == reasons.STAGE_TEXT)
+            | "By text reason" >> beam.Map(lambda r: (r.rejection.reason, r))
+            | "Text sample"
+            >> beam.combiners.Top.SmallestPerKey(TEXT_SAMPLES, key=lambda r: r.candidate.uid)
+            | "Each text" >> beam.FlatMap(lambda kv: kv[1])
+            | "Text rows" >> beam.Map(_text_row)
+        )
+
+
 class ReportSamples(beam.PTransform):
     """A fixed-size sample of kept records, of each image-stage reject reason (with
     thumbnails) and of each text reason (alt-texts). The sample is the smallest uids (uids
@@ -305,15 +319,7 @@ class ReportSamples(beam.PTransform):
             | "Kept sample" >> beam.combiners.Top.Smallest(KEPT_SAMPLES, key=lambda c: c.uid)
             | "Kept previews" >> beam.FlatMap(_kept_previews)
         )
-        text_rows = (
-            self.rejected
-            | "Text rejects" >> beam.Filter(lambda r: r.rejection.stage == reasons.STAGE_TEXT)
-            | "By text reason" >> beam.Map(lambda r: (r.rejection.reason, r))
-            | "Text sample"
-            >> beam.combiners.Top.SmallestPerKey(TEXT_SAMPLES, key=lambda r: r.candidate.uid)
-            | "Each text" >> beam.FlatMap(lambda kv: kv[1])
-            | "Text rows" >> beam.Map(_text_row)
-        )
+        text_rows = self.rejected | "Text samples" >> TextSamples()
         picked = (
             self.rejected
             | "Image rejects"

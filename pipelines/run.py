@@ -28,7 +28,13 @@ from pipelines.outputs import (
     STATS_FILE,
     shard_directories,
 )
-from pipelines.report import CollectStatistics, ReportSamples, stats_document, write_report
+from pipelines.report import (
+    CollectStatistics,
+    ReportSamples,
+    TextSamples,
+    stats_document,
+    write_report,
+)
 from pipelines.runtime import RunPlan, make_runner, plan_run
 from pipelines.spool import new_spool_directory, remove_spool
 from pipelines.tags import BAD, KEPT, REJECTED, TALLY
@@ -115,17 +121,20 @@ def _write_outputs(
         | "All tallies" >> beam.Flatten()
         | "Count funnel" >> CountFunnel(kept, rejected)
     )
-    dist, hosts = kept | "Statistics" >> CollectStatistics(rejected)
+    dist, tables = kept | "Statistics" >> CollectStatistics(rejected)
     doc = funnel | "Stats document" >> beam.Map(
         stats_document,
         dist=beam.pvalue.AsSingleton(dist),
-        hosts=beam.pvalue.AsSingleton(hosts),
+        tables=beam.pvalue.AsSingleton(tables),
     )
     _ = doc | "Write stats" >> beam.Map(write_json, join(output, STATS_FILE))
     if reasons.STAGES.index(stop_after) >= reasons.STAGES.index(reasons.STAGE_IMAGE):
         samples = kept | "Report samples" >> ReportSamples(rejected, archives, cfg)
     else:
-        samples = p | "No samples" >> beam.Create([[]])
+        # Before the images: the text rules' samples only.
+        samples = (
+            rejected | "Report samples" >> TextSamples() | "Sample list" >> beam.combiners.ToList()
+        )
     report_done = doc | "Write report" >> beam.Map(
         write_report, samples=beam.pvalue.AsSingleton(samples), output=output
     )

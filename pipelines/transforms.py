@@ -22,7 +22,13 @@ from curation.inputs import input_kind
 from curation.record import Candidate, Rejected, Rejection, image_size
 from curation.stats import Funnel
 from filters.text import check_candidate
-from pipelines import progress
+
+# Registers http(s):// with Beam's FileSystems in every process that runs our steps (the
+# local multi-process workers import this module; Dataflow's get it as a Beam plugin too).
+from pipelines import (
+    http_filesystem,  # noqa: F401
+    progress,
+)
 from pipelines.io import (
     WriteShardFn,
     join,
