@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -233,23 +233,32 @@ MAX_REQUESTS = 500
 
 
 @contextmanager
-def serve(server: ImageServer | None = None) -> Iterator[ImageServer]:
-    """Run an ImageServer in a thread for the duration of the block; on leaving it, check
-    that the server stopped and served at most MAX_REQUESTS requests."""
-    server = server or ImageServer()
+def running(
+    server: ThreadingHTTPServer, requests: Callable[[], int], budget: int
+) -> Iterator[None]:
+    """Run a test HTTP server in a thread for the duration of the block; on leaving it,
+    check that the server stopped and served at most `budget` requests (`requests()`)."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
-        yield server
+        yield
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
     # Every request loop a test drives is bounded in count and time (DEVELOPERS.md): a
-    # fetcher retrying without end shows here as a runaway count or a server that did not stop.
-    assert not thread.is_alive(), "the image server thread did not stop within 5 s"
-    total = sum(server.hits.values())
-    assert total <= MAX_REQUESTS, f"{total} requests to the test server (budget {MAX_REQUESTS})"
+    # client retrying without end shows here as a runaway count or a server that did not stop.
+    assert not thread.is_alive(), "the test server thread did not stop within 5 s"
+    total = requests()
+    assert total <= budget, f"{total} requests to the test server (budget {budget})"
+
+
+@contextmanager
+def serve(server: ImageServer | None = None) -> Iterator[ImageServer]:
+    """Run an ImageServer for the duration of the block (see `running`)."""
+    server = server or ImageServer()
+    with running(server, lambda: sum(server.hits.values()), MAX_REQUESTS):
+        yield server
 
 
 # --- A faulty measure_bytes for the measuring processes' tests (tests/test_measure.py): a

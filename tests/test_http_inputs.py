@@ -30,7 +30,7 @@ from curation.config import CurationConfig
 from curation.inputs import input_kind
 from curation.stats import Funnel
 from pipelines.http_filesystem import HttpClient, HttpInputError, HttpReader, HttpSettings
-from tests.conftest import ROOT, WARC_DIR, require
+from tests.conftest import ROOT, WARC_DIR, require, running
 
 _spec = importlib.util.spec_from_file_location("make_wat", ROOT / "scripts" / "make_wat.py")
 _make_wat = importlib.util.module_from_spec(_spec)
@@ -136,16 +136,8 @@ class _Handler(BaseHTTPRequestHandler):
 @contextmanager
 def crawl_server(files: dict[str, bytes]) -> Iterator[CrawlServer]:
     server = CrawlServer(files)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with running(server, lambda: sum(server.requests.values()), MAX_REQUESTS):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-    assert not thread.is_alive()
-    assert sum(server.requests.values()) <= MAX_REQUESTS
 
 
 @pytest.fixture(scope="module")
