@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=2000, help="images served (0: no image runs)")
     ap.add_argument("--rows", type=int, default=100_000, help="text-stage rows (0: none)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--nsfw", default="false,true", help="image runs with NSFW false, true or both")
     ap.add_argument("--hosts", type=int, default=16, help="ports of 127.0.0.1 = hosts")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_images")
     args = ap.parse_args(argv)
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         write_url_list(lst, urls, captions(args.n, 1))
         server = LocalServer(folder, ports)
         try:
-            for nsfw in ("false", "true"):
+            for nsfw in args.nsfw.split(","):
                 flags = ["--images-from", "http", "--allow-private-network", "true"]
                 flags += ["--nsfw", nsfw]
                 tools = [
