@@ -151,9 +151,10 @@ def test_a_table_of_paths_end_to_end(tmp_path: Path) -> None:
     # The last row names a file outside the roots: counted at extraction, never read.
     assert stats["extract"][reasons.PATH_NOT_ALLOWED] == 1
 
-    # Without file_roots no path is read: the rows are counted as before.
+    # Without file_roots no path is read: the rows are counted as before, and a run with no
+    # candidate at all exits 1 (its files still balance).
     out2 = tmp_path / "out2"
-    assert main(["run", "--input", str(table), "--output", str(out2), "--nsfw", "false"]) == 0
+    assert main(["run", "--input", str(table), "--output", str(out2), "--nsfw", "false"]) == 1
     kept2, rejected2, stats2 = check_invariant(out2)
     assert kept2 == [] and rejected2 == []
     extract = stats2["extract"]
