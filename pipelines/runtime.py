@@ -155,6 +155,29 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
+# The runners that fuse a submitted graph in their Java job server (Beam's Flink and other
+# portable runners), compared in lower case.
+_PORTABLE_RUNNER_NAMES = frozenset({"flinkrunner", "portablerunner"})
+
+
+def fuse_in_python(options: Any) -> None:
+    """On a portable runner, fuse the graph before submitting it, as the in-process runner
+    does, unless the user chose a pre_optimize experiment.
+
+    The Flink job server's own fusion (Beam 2.70, batch) leaves a side input out of the
+    fused stage that reads it ("The broadcast variable with name
+    'ref_PCollection_PCollection_50' has not been set", at Reject rare tokens/Route), and
+    its graph needs more network buffers than a small TaskManager has (docs/flink.md).
+    """
+    from apache_beam.options.pipeline_options import DebugOptions
+
+    if (runner_name(options) or "").lower() not in _PORTABLE_RUNNER_NAMES:
+        return
+    debug = options.view_as(DebugOptions)
+    if debug.lookup_experiment("pre_optimize") is None:
+        debug.add_experiment("pre_optimize=all")
+
+
 def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
     """Beam's options from the arguments that are not ours, checked for the runner."""
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -173,6 +196,15 @@ def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
     except (SystemExit, ValueError) as e:
         raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
     check_dataflow_options(options, paths)
+    fuse_in_python(options)
+    # The launcher reads and writes through FileSystems before any Pipeline exists (input
+    # globs and manifests, the output folder, config.yaml, the summary). Beam builds a
+    # filesystem from the options FileSystems holds, which only Pipeline() and the SDK
+    # workers set; unset, the S3 filesystem cannot build its client ("Must provide one of
+    # client or options") and --s3_endpoint_url and the other S3 options would be ignored.
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(options)
     return options
 
 
