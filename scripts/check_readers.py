@@ -31,12 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "images"
 ENVS = {
     "tf": ["tensorflow-cpu"],
-    # open_clip_train's data module also imports pandas.
     "open_clip": [
         "torch==2.14.1",
         "torchvision==0.29.1",
         "open_clip_torch",
-        "webdataset",
+        # open_clip's training loader needs a webdataset of its own range (a newer one renames
+        # the sample fields its group_by_keys_nothrow reads); pandas for its data module.
+        "webdataset>=0.2.5,<=0.2.86",
         "pandas",
     ],
 }
