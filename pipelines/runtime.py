@@ -196,6 +196,7 @@ def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
     except (SystemExit, ValueError) as e:
         raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
     check_dataflow_options(options, paths)
+    check_s3_credentials(options, paths)
     fuse_in_python(options)
     # The launcher reads and writes through FileSystems before any Pipeline exists (input
     # globs and manifests, the output folder, config.yaml, the summary). Beam builds a
@@ -206,6 +207,28 @@ def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
 
     FileSystems.set_options(options)
     return options
+
+
+def check_s3_credentials(options: Any, paths: list[str]) -> None:
+    """With s3:// paths, fail at once when no AWS credentials can be found: Beam's S3 client
+    would otherwise retry unsigned listings for minutes without a word."""
+    if not any(p.startswith("s3://") for p in paths):
+        return
+    from apache_beam.options.pipeline_options import S3Options
+
+    s3 = options.view_as(S3Options)
+    if s3.s3_access_key_id and s3.s3_secret_access_key:
+        return
+    try:
+        import boto3
+    except ImportError as e:
+        raise CurateError("s3:// paths need the aws extra: pip install '.[aws]'") from e
+    if boto3.session.Session().get_credentials() is None:
+        raise CurateError(
+            "s3:// paths need AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "~/.aws/credentials, an instance role, or --s3_access_key_id and "
+            "--s3_secret_access_key (docs/common-crawl.md)"
+        )
 
 
 def check_dataflow_options(options: Any, paths: list[str]) -> None:

@@ -514,3 +514,16 @@ def test_help_names_every_output_folder() -> None:
     text = run.format_help()
     for name in ("OUTPUT/shards", "OUTPUT/rejects", "OUTPUT/dead_letter", "OUTPUT/stats.json"):
         assert name in text
+
+
+def test_s3_paths_without_credentials_fail_at_once(tmp_path, capsys, monkeypatch) -> None:
+    """Beam's S3 client would retry unsigned listings for minutes without a word."""
+    pytest.importorskip("boto3")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no probe of the metadata address
+    args = ["--input", "s3://bucket/crawl/*.warc.gz", "--output", str(tmp_path / "out")]
+    assert run_cli(*args) == 2
+    assert "s3:// paths need AWS credentials" in capsys.readouterr().err
