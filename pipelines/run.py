@@ -28,13 +28,8 @@ from pipelines.outputs import (
     STATS_FILE,
     shard_directories,
 )
-from pipelines.report import (
-    CollectStatistics,
-    ReportSamples,
-    TextSamples,
-    stats_document,
-    write_report,
-)
+from pipelines.report import CollectStatistics, stats_document, write_report
+from pipelines.report_samples import ReportSamples, TextSamples
 from pipelines.runtime import RunPlan, make_runner, plan_run
 from pipelines.spool import new_spool_directory, remove_spool
 from pipelines.tags import BAD, KEPT, REJECTED, TALLY

@@ -21,7 +21,8 @@ from curation import reasons
 from curation.report import build_html, compare_table, flat_colour, funnel_table, preview
 from curation.stats import Distributions, TopTable
 from pipelines.cli import main
-from pipelines.report import BEFORE_LANGUAGE_ID, _with_kept_match
+from pipelines.report import BEFORE_LANGUAGE_ID
+from pipelines.report_samples import _with_kept_match
 from tests.conftest import SAMPLE_WARC
 
 RUN_PAGE = "run-report.html"  # the run's own page, kept beside OUT before any test rebuilds it
