@@ -84,16 +84,17 @@ HEADER_RULES: tuple[Callable[[ImageHeader, Any], Rejection | None], ...] = (chec
 
 def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) -> Measured:
     """Decode guard, size/aspect rules and hashes for one image's bytes: its record, and the
-    bytes the shards store (the original, or the re-encoded JPEG under a resize mode)."""
-    header = read_header(data, cfg.max_image_pixels)
+    bytes the shards store (as fetched, or re-encoded: filters/image.py stored_image)."""
+    settings = cfg if isinstance(cfg, MeasureSettings) else MeasureSettings.of(cfg)
+    header = read_header(data, settings.max_image_pixels)
     if isinstance(header, Rejection):
         return header
     for rule in HEADER_RULES:
-        rejection = rule(header, cfg)
+        rejection = rule(header, settings)
         if rejection is not None:
             return rejection
     features = None
-    if getattr(cfg, "eval_features", False):
+    if settings.eval_features:
         # One grey decode serves the pHash and the eval features (imported only here: the
         # matcher's scipy is ~0.3 s of a process's start).
         from filters.evaldup import grey_image, web_features_of
@@ -110,10 +111,10 @@ def measure_bytes(url: str, data: bytes, cfg: MeasureSettings | CurationConfig) 
     kept = stored_image(
         data,
         header,
-        getattr(cfg, "encode_format", "original"),
-        cfg.jpeg_quality,
-        cfg.resize_mode,
-        cfg.resize_max_side,
+        settings.encode_format,
+        settings.jpeg_quality,
+        settings.resize_mode,
+        settings.resize_max_side,
     )
     if isinstance(kept, Rejection):
         return kept

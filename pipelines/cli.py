@@ -330,14 +330,8 @@ def _launch(
     args: argparse.Namespace, cfg: CurationConfig, plan: Any, what: str, execute: Callable
 ) -> int:
     """Make room in the output folder, record the config, run, and print the summary."""
-    from pipelines.io import join, read_bytes, write_atomic
-    from pipelines.outputs import (
-        CONFIG_FILE,
-        STATS_FILE,
-        prepare_output,
-        summarize,
-        why_no_candidates,
-    )
+    from pipelines.io import join, write_atomic
+    from pipelines.outputs import CONFIG_FILE, prepare_output, summarize
     from pipelines.progress import Reporter
 
     prepare_output(args.output, args.overwrite)
@@ -346,9 +340,8 @@ def _launch(
     print(f"curate: {what} -> {args.output} ({plan.describe()})", file=sys.stderr)
     with Reporter(interval=args.progress_interval):
         execute()
-    text, ok = summarize(args.output)
+    text, ok, empty = summarize(args.output)
     print(text)
-    empty = why_no_candidates(json.loads(read_bytes(join(args.output, STATS_FILE))))
     if empty:  # the files are written (and balance), but there is nothing in them
         print(f"curate: error: {empty}", file=sys.stderr)
         return 1

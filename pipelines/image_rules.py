@@ -193,9 +193,17 @@ class CheckEvalDuplicatesFn(beam.DoFn):
             yield _verdict(sha, reasons.EVAL_DUPLICATE, eval_detail(match.name, match.score))
 
 
+_SCORE = " (score "
+
+
 def eval_detail(name: str, score: float) -> str:
     """The ledger's detail of an eval duplicate: the eval image and the match's score."""
-    return f"{name} (score {score:.3f})"
+    return f"{name}{_SCORE}{score:.3f})"
+
+
+def eval_name(detail: str) -> str:
+    """The eval image an eval duplicate's detail names (see eval_detail)."""
+    return detail.rsplit(_SCORE, 1)[0]
 
 
 class FindNearDuplicates(beam.PTransform):

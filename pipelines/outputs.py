@@ -121,14 +121,24 @@ def written_formats(output: str) -> list[str]:
     ]
 
 
-def summarize(output: str) -> tuple[str, bool]:
-    """The end-of-run summary, and whether the files satisfy extracted = kept + rejected:
-    kept counted in every format written (each must hold the same number)."""
+def summarize(output: str) -> tuple[str, bool, str | None]:
+    """The end-of-run summary, whether the files satisfy extracted = kept + rejected, and
+    why the run has no candidate at all (None when it has some).
+
+    Kept records are counted from the files of one format written (Parquet's footers when
+    there is Parquet: a read of each footer, where a tar or a TFRecord file is walked record
+    by record, slow on an object store); every other format's manifest must agree."""
     stats = json.loads(read_bytes(join(output, STATS_FILE)))
     totals = stats["totals"]
-    kept_by_format = {
-        fmt: record_count(join(output, FORMAT_DIRS[fmt]), fmt) for fmt in written_formats(output)
-    }
+    formats = written_formats(output)
+    kept_by_format = {}
+    if formats:
+        counted = "parquet" if "parquet" in formats else formats[0]
+        kept_by_format[counted] = record_count(join(output, FORMAT_DIRS[counted]), counted)
+        for fmt in formats:
+            if fmt != counted:
+                manifest = read_bytes(join(output, FORMAT_DIRS[fmt], "_manifest.json"))
+                kept_by_format[fmt] = json.loads(manifest)["total"]
     kept = next(iter(kept_by_format.values()), 0)
     rejected = record_count(join(output, REJECTS_DIR))
     ok = (
@@ -155,7 +165,7 @@ def summarize(output: str) -> tuple[str, bool]:
         f"invariant {mark}: extracted {totals['extracted']} = kept {kept} + rejected {rejected}"
         f"  (from the files in {output})"
     )
-    return "\n".join(lines), ok
+    return "\n".join(lines), ok, why_no_candidates(stats)
 
 
 def _fmt(counts: dict[str, int]) -> str:

@@ -15,7 +15,7 @@ from curation.config import CurationConfig
 from curation.record import BlobRef, Candidate, Rejected
 from curation.report import BLURRED_REASONS, preview
 from pipelines.image_read import GOOD, ReadImages
-from pipelines.image_rules import EvalIndexSource
+from pipelines.image_rules import EvalIndexSource, eval_name
 from pipelines.spool import read_blobs
 
 KEPT_SAMPLES = 24
@@ -191,7 +191,7 @@ class AddEvalMatchFn(beam.DoFn):
 
     def process(self, row: dict[str, Any]) -> Iterable[dict[str, Any]]:
         if row["group"] == reasons.EVAL_DUPLICATE:
-            name = row["detail"].rsplit(" (score ", 1)[0]
+            name = eval_name(row["detail"])
             grey = self.index.thumbnail(name)
             if grey is not None:
                 side = 2 * grey.width  # shown at the size of the rejected image's preview
