@@ -273,7 +273,8 @@ def test_batched_langdetect_equals_langdetect_bit_for_bit() -> None:
     texts += ["", "12345 ---", "a", "Credibility WG.004"]  # no features, one feature
     prior = {x: 0.5 / len(languages) for x in languages} | {"ja": 0.5 + 0.5 / len(languages)}
     items = [(t, prior if i % 2 else None) for i, t in enumerate(x for x in texts if x is not None)]
-    assert len(items) > 250
+    # With the LAION captions of ../shared/data (absent: the language bench's texts alone).
+    assert len(items) > (250 if LAION_PARQUET.exists() else 150)
     want = [_stock_probabilities(stock, text, p) for text, p in items]
     assert langdetect_probabilities(items) == want
     for item, expected in zip(items[:: len(items) // 15], want[:: len(items) // 15], strict=True):
