@@ -217,6 +217,11 @@ def stored_image(
     re-encoded (see above). `encode_format` jpg/png/webp re-encodes every image to that
     format (fetched bytes already in it are kept); a resize mode always re-encodes."""
     target = ENCODE_FORMATS.get(encode_format)
+    # The header decides for most web images: no second open of the file (a WebP is opened
+    # for its mode, below: one with alpha is transcoded).
+    wanted = (target,) if target else ("JPEG", "PNG")
+    if resize_mode == "none" and header.frames == 1 and header.format in wanted:
+        return data, header.format, header.width, header.height
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
