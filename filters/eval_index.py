@@ -59,19 +59,27 @@ def read_source(source: str) -> Iterator[tuple[str, bytes]]:
         yield from _read_tar(set_name or _tar_stem(path), path)
     elif os.path.isdir(path):
         root = os.path.abspath(path)
-        files = [
-            os.path.join(folder, f)
-            for folder, _, names in os.walk(root)
-            for f in names
-            if f.lower().endswith(IMAGE_SUFFIXES)
-        ]
-        yield from _read_files(set_name or os.path.basename(root), root, files)
+        yield from _read_files(set_name or os.path.basename(root), root, _images_under(root))
     else:
-        files = [f for f in glob.glob(path, recursive=True) if os.path.isfile(f)]
+        # A folder the glob matches is read as a folder (`evalsets/*` names the sets'
+        # folders); a file it matches is read whatever its name, and reported if unreadable.
+        matches = glob.glob(path, recursive=True)
+        files = [f for f in matches if os.path.isfile(f)]
+        files += [f for d in matches if os.path.isdir(d) for f in _images_under(d)]
         if not files:
             raise FileNotFoundError(f"no eval images match {path!r}")
         root = _glob_root(path)
-        yield from _read_files(set_name or os.path.basename(root), root, files)
+        yield from _read_files(set_name or os.path.basename(root), root, sorted(set(files)))
+
+
+def _images_under(folder: str) -> list[str]:
+    """Every image file under a folder, by its name's suffix, at any depth."""
+    return [
+        os.path.join(parent, f)
+        for parent, _, names in os.walk(folder)
+        for f in names
+        if f.lower().endswith(IMAGE_SUFFIXES)
+    ]
 
 
 def _glob_root(pattern: str) -> str:
@@ -125,7 +133,8 @@ def _features(item: tuple[str, bytes]) -> tuple[str, EvalFeatures | Rejection]:
 
 def build_eval_index(sources: list[str], output: str, processes: int = 1) -> EvalIndexSummary:
     """Read every source, compute each image's features (in `processes` processes) and write
-    the index to `output`; the same images give the same bytes."""
+    the index to `output`; the same images give the same bytes. Without a usable image
+    nothing is written (the summary says 0 entries)."""
     items = (item for source in sources for item in read_source(source))
     features: dict[str, EvalFeatures] = {}
     skipped: dict[str, str] = {}
@@ -136,6 +145,8 @@ def build_eval_index(sources: list[str], output: str, processes: int = 1) -> Eva
             skipped[name] = f"{result.reason}: {result.detail}"
         else:
             features[name] = result
+    if not features:  # nothing is written: an empty index would match nothing, silently
+        return EvalIndexSummary(output, 0, {}, tuple(sorted(skipped.items())))
     index = EvalMatchIndex(features.items())
     index.save(output)
     per_set = Counter(name.split("/", 1)[0] for name in features)

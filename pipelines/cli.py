@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="print a progress line this often on local runs (default: %(default)s)",
+        help="print a progress line this often on local runs; 0: never (default: %(default)s)",
     )
     group = run.add_argument_group(
         "config keys", "each also settable in the --config file; flags win over the file"
@@ -233,20 +233,23 @@ def cmd_eval_index(args: argparse.Namespace) -> int:
         summary = build_eval_index(args.images, target, processes)
     except (OSError, ValueError) as e:
         raise CurateError(f"eval-index: {e}") from e
+    for name, why in summary.skipped[:20]:
+        print(f"  skipped {name}: {why}", file=sys.stderr)
+    if len(summary.skipped) > 20:
+        print(f"  ... and {len(summary.skipped) - 20} more skipped", file=sys.stderr)
+    if not summary.entries:
+        raise CurateError(
+            f"eval-index: no usable image in the sources ({len(summary.skipped)} file(s) "
+            f"skipped); nothing written to {args.output}"
+        )
     if remote:
         from pipelines.io import write_atomic
 
         with open(target, "rb") as fh:
             write_atomic(args.output, fh.read())
         os.remove(target)
-    sets = ", ".join(f"{name} {n:,}" for name, n in summary.per_set.items()) or "none"
+    sets = ", ".join(f"{name} {n:,}" for name, n in summary.per_set.items())
     print(f"eval index: {summary.entries:,} images ({sets}) -> {args.output}")
-    for name, why in summary.skipped[:20]:
-        print(f"  skipped {name}: {why}", file=sys.stderr)
-    if len(summary.skipped) > 20:
-        print(f"  ... and {len(summary.skipped) - 20} more skipped", file=sys.stderr)
-    if not summary.entries:
-        raise CurateError("eval-index: no usable image in the sources")
     return 0
 
 
@@ -338,7 +341,17 @@ def _launch(
     # As given, 'auto' kept: a rerun or a retry elsewhere settles it for its own runner.
     write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
     print(f"curate: {what} -> {args.output} ({plan.describe()})", file=sys.stderr)
-    with Reporter(interval=args.progress_interval):
+    interval = args.progress_interval
+    if not plan.local and interval > 0:
+        # The counters are files in a folder of this machine, which a cluster's workers do
+        # not write to: the runner's own UI shows a distributed run's progress.
+        print(
+            "curate: no progress lines off the local runners; see the runner's UI "
+            "(Flink's web UI, Dataflow's job page)",
+            file=sys.stderr,
+        )
+        interval = 0
+    with Reporter(interval=interval):
         execute()
     text, ok, empty = summarize(args.output)
     print(text)

@@ -62,21 +62,26 @@ def _total(folder: Path) -> Counter[str]:
 
 
 class Reporter:
-    """Prints `progress: ...` to stderr every `interval` seconds while the run lasts."""
+    """Prints `progress: ...` to stderr every `interval` seconds while the run lasts; with an
+    interval of 0 or less, nothing (and the workers count nothing)."""
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval
-        self.folder = Path(tempfile.mkdtemp(prefix="curate-progress-"))
+        self.folder: Path | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._start = time.monotonic()
 
     def __enter__(self) -> Reporter:
-        os.environ[ENV] = str(self.folder)
-        self._thread.start()
+        if self.interval > 0:
+            self.folder = Path(tempfile.mkdtemp(prefix="curate-progress-"))
+            os.environ[ENV] = str(self.folder)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.folder is None:
+            return
         self._stop.set()
         self._thread.join(timeout=5)
         os.environ.pop(ENV, None)
@@ -86,7 +91,7 @@ class Reporter:
 
     def line(self) -> str:
         """The current summary."""
-        c = _total(self.folder)
+        c = _total(self.folder) if self.folder else Counter()
         elapsed = max(1e-9, time.monotonic() - self._start)
         images = c["images"]
         return (

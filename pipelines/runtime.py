@@ -20,6 +20,10 @@ from pipelines.measure_pool import DEFAULT_TARGET, WorkerPool
 # Beam's default (the DirectRunner).
 _LOCAL_RUNNER_NAMES = frozenset({"directrunner", "direct", "fnapirunner"})
 
+# The runners that submit to a Beam job server, which fuses the graph in Java (Beam's Flink
+# and other portable runners), compared in lower case.
+_PORTABLE_RUNNER_NAMES = frozenset({"flinkrunner", "portablerunner"})
+
 
 def runner_name(options: Any) -> str | None:
     """The runner the options name, as typed (None: Beam's default)."""
@@ -137,6 +141,20 @@ def check_beam_args(beam_args: list[str], our_flags: list[str]) -> None:
     _, unknown = parser.parse_known_args(beam_args)
     if not unknown:
         return
+    known, _ = parser.parse_known_args(beam_args)
+    endpoint = getattr(known, "job_endpoint", None)
+    runner = (getattr(known, "runner", None) or "").lower()
+    if endpoint and runner in _PORTABLE_RUNNER_NAMES:
+        # The job server's own options (Flink's --max_bundle_size, --object_reuse, ...): Beam
+        # asks the job server for them when it submits, and passes those the user set.
+        for name in job_server_option_names(endpoint):
+            try:
+                parser.add_argument(f"--{name}", nargs="?")
+            except Exception:  # argparse.ArgumentError: already a Python option
+                continue
+        _, unknown = parser.parse_known_args(beam_args)
+        if not unknown:
+            return
     beam_flags = [flag for action in parser._actions for flag in action.option_strings]
     arg = next((a for a in unknown if a.startswith("-")), unknown[0])
     if not arg.startswith("-"):
@@ -147,17 +165,33 @@ def check_beam_args(beam_args: list[str], our_flags: list[str]) -> None:
     raise CurateError(f"unknown option {name}{hint}; see curate run --help")
 
 
+def job_server_option_names(endpoint: str, timeout: float = 10.0) -> list[str]:
+    """The pipeline options a Beam job server defines, as Beam's portable runner reads them
+    (DescribePipelineOptions). A server that does not answer is an error: the run could not
+    be submitted to it either."""
+    import grpc
+    from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(endpoint) as channel:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            response = beam_job_api_pb2_grpc.JobServiceStub(channel).DescribePipelineOptions(
+                beam_job_api_pb2.DescribePipelineOptionsRequest(), timeout=timeout
+            )
+    except (grpc.RpcError, grpc.FutureTimeoutError) as e:
+        raise CurateError(
+            f"the job server at --job_endpoint {endpoint} did not answer within {timeout:.0f} s "
+            f"({type(e).__name__}); is it running?"
+        ) from None
+    return [option.name for option in response.options]
+
+
 def _subclasses(cls: type) -> list[type]:
     found = []
     for sub in cls.__subclasses__():
         found.append(sub)
         found.extend(_subclasses(sub))
     return found
-
-
-# The runners that fuse a submitted graph in their Java job server (Beam's Flink and other
-# portable runners), compared in lower case.
-_PORTABLE_RUNNER_NAMES = frozenset({"flinkrunner", "portablerunner"})
 
 
 def fuse_in_python(options: Any) -> None:

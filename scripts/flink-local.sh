@@ -40,9 +40,13 @@ REST_PORT=8081
 JOB_PORT=8099
 ARTIFACT_PORT=8098
 JM_RPC_PORT=6123
-# Per process: 2 TaskManagers x 2 GiB + JobManager 1 GiB + job server 768 MiB heap, under
-# 6 GiB of JVMs; the SDK harnesses (Python, children of the TaskManagers) come on top.
-TM_PROCESS_SIZE="${FLINK_TM_PROCESS_SIZE:-2048m}"
+# Per process: 2 TaskManagers x 3 GiB + JobManager 1 GiB + job server 768 MiB heap, under
+# 8 GiB of JVMs; the SDK harnesses (Python, children of the TaskManagers) come on top.
+TM_PROCESS_SIZE="${FLINK_TM_PROCESS_SIZE:-3072m}"
+# Direct memory for the Fn API's gRPC (Netty) buffers, which carry a stage's elements to and
+# from the harnesses: with Flink's default (none) a 10^6-candidate text stage failed with
+# "OutOfMemoryError: Direct buffer memory" (BENCHMARKS.md, the Flink memory section).
+TM_TASK_OFF_HEAP="${FLINK_TM_TASK_OFF_HEAP:-512m}"
 JM_PROCESS_SIZE="${FLINK_JM_PROCESS_SIZE:-1024m}"
 JOB_SERVER_HEAP="${FLINK_JOB_SERVER_HEAP:-768m}"
 
@@ -181,6 +185,9 @@ taskmanager:
   memory:
     process:
       size: $TM_PROCESS_SIZE
+    task:
+      off-heap:
+        size: $TM_TASK_OFF_HEAP
     # Beam's batch GroupByKey sorts in managed memory and spills; the rest of the heap holds
     # the runner's buffers.
     managed:

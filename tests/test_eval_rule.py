@@ -76,6 +76,7 @@ def test_eval_index_refuses_sources_without_images(tmp_path, capsys) -> None:
     args = ["eval-index", "--images", str(tmp_path / "empty"), "--output", str(tmp_path / "i")]
     assert main(args) == 2
     assert "no usable image" in capsys.readouterr().err
+    assert not (tmp_path / "i").exists()
 
 
 def test_eval_images_and_an_index_are_one_or_the_other() -> None:

@@ -381,3 +381,23 @@ def test_no_false_positive_among_distinct_shared_pictures() -> None:
         ]
     assert not false
     assert len(pictures) > 400  # the pairs measured: all of them, ~90,000
+
+
+def test_a_glob_reads_the_folders_it_matches(tmp_path: Path) -> None:
+    """`evalsets/*` over a folder of sets and a README: every set's images, at any depth,
+    and the README reported as skipped, not the sets dropped."""
+    _write_pictures(tmp_path / "evalsets" / "coco", count=2)
+    _write_pictures(tmp_path / "evalsets" / "imagenet" / "val", count=2)
+    (tmp_path / "evalsets" / "SOURCES.md").write_text("where the photos come from\n")
+    summary = build_eval_index([str(tmp_path / "evalsets" / "*")], str(tmp_path / "i.npz"))
+    assert summary.entries == 4
+    assert summary.per_set == {"evalsets": 4}
+    assert [name for name, _ in summary.skipped] == ["evalsets/SOURCES.md"]
+
+
+def test_no_usable_image_writes_no_index(tmp_path: Path) -> None:
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
+    summary = build_eval_index([str(tmp_path / "set")], str(tmp_path / "x.npz"))
+    assert summary.entries == 0 and len(summary.skipped) == 1
+    assert not (tmp_path / "x.npz").exists()

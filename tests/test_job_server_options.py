@@ -1,0 +1,84 @@
+"""A portable runner's own options (Flink's --max_bundle_size, ...) pass the CLI's check of
+unknown options when the job server named by --job_endpoint defines them, as Beam's portable
+runner would pass them; anything else stays an error that names it.
+
+The job server here is a gRPC server on 127.0.0.1 that answers DescribePipelineOptions with
+options named as Flink's job server names them."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
+
+from pipelines.errors import CurateError
+from pipelines.runtime import check_beam_args, job_server_option_names
+
+FLINK_OPTIONS = ("max_bundle_size", "max_bundle_time_mills", "object_reuse")
+
+
+class _Describer(beam_job_api_pb2_grpc.JobServiceServicer):
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def DescribePipelineOptions(self, request, context):  # gRPC names the method
+        self.calls += 1
+        return beam_job_api_pb2.DescribePipelineOptionsResponse(
+            options=[beam_job_api_pb2.PipelineOptionDescriptor(name=name) for name in FLINK_OPTIONS]
+        )
+
+
+@pytest.fixture
+def job_server() -> Iterator[tuple[str, _Describer]]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    describer = _Describer()
+    beam_job_api_pb2_grpc.add_JobServiceServicer_to_server(describer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", describer
+    finally:
+        server.stop(grace=None)
+
+
+def test_the_job_servers_options_are_read(job_server) -> None:
+    endpoint, _ = job_server
+    assert job_server_option_names(endpoint) == list(FLINK_OPTIONS)
+
+
+def test_runner_options_pass_on_a_portable_runner_with_a_job_endpoint(job_server) -> None:
+    endpoint, describer = job_server
+    base = ["--runner=FlinkRunner", f"--job_endpoint={endpoint}"]
+    check_beam_args([*base, "--max_bundle_size=100", "--object_reuse"], [])
+    check_beam_args([*base, "--max_bundle_time_mills", "50"], [])
+    assert describer.calls == 2
+    # Only arguments Python's Beam does not know ask the job server.
+    check_beam_args([*base, "--parallelism=2"], [])
+    assert describer.calls == 2
+
+
+def test_a_typo_of_a_runner_option_is_still_an_error(job_server) -> None:
+    endpoint, _ = job_server
+    with pytest.raises(CurateError, match=r"--max_bundel_size \(did you mean --max_bundle_size"):
+        check_beam_args(
+            ["--runner=FlinkRunner", f"--job_endpoint={endpoint}", "--max_bundel_size=100"], []
+        )
+
+
+def test_runner_options_need_a_portable_runner(job_server) -> None:
+    endpoint, describer = job_server
+    with pytest.raises(CurateError, match="unknown option --max_bundle_size"):
+        check_beam_args([f"--job_endpoint={endpoint}", "--max_bundle_size=100"], [])
+    assert describer.calls == 0
+
+
+def test_a_job_server_that_does_not_answer_is_named() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(CurateError, match=f"job server at --job_endpoint 127.0.0.1:{port}"):
+        job_server_option_names(f"127.0.0.1:{port}", timeout=1.0)
