@@ -50,7 +50,8 @@ def _processes() -> dict[int, tuple[str, int]]:
             continue
         if "TaskManagerRunner" in cmd:
             found[int(entry.name)] = ("taskmanager", rss)
-        elif "sdk-boot.py" in cmd and "--environment_config" not in cmd:
+        elif "apache_beam.runners.worker.sdk_worker_main" in cmd:
+            # A harness after pipelines/sdk_boot.py has exec'd it (before, it is the boot).
             found[int(entry.name)] = ("sdk harness", rss)
     return found
 

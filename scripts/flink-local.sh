@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # A Flink cluster on 127.0.0.1 for running the pipeline with Beam's portable runner:
-# one JobManager (REST on 8081), two TaskManagers of one slot each and Beam's Flink job server
-# (job API on 8099). Each TaskManager starts its own SDK harnesses (Python, the project's
-# venv) through run/sdk-boot: Beam's PROCESS environment. Sized for 2 cores and 24 GiB
+# one JobManager (REST on 8081), two TaskManagers of one slot each, Beam's Flink job server
+# (job API on 8099) and a worker pool for SDK harnesses (50000). Sized for 2 cores and 24 GiB
 # shared with other work.
 #
 #   scripts/flink-local.sh start    fetch what is missing (cached), start what is not running
@@ -10,11 +9,13 @@
 #   scripts/flink-local.sh status   what runs, and the REST API's TaskManager count
 #
 # Then:  curate run ... --runner FlinkRunner --job_endpoint localhost:8099 --parallelism 2 \
+#          --environment_type EXTERNAL --environment_config localhost:50000
+# or, each TaskManager starting its own harnesses (Beam's PROCESS environment):
 #          --environment_type PROCESS --environment_config '{"command": "RUN/sdk-boot"}'
 #
-# Not Beam's worker pool (EXTERNAL, localhost:50000): each TaskManager numbers its harnesses
-# from 1, the pool keys them by that number alone, and a stage ending on one TaskManager
-# stops the other's harness of the same number; its task then waits for ever.
+# The pool is pipelines/worker_pool.py, not Beam's worker_pool_main: each TaskManager numbers
+# its harnesses from 1, Beam's pool keys them by that number alone, and a stage ending on one
+# TaskManager stops the other's harness of the same number, whose task then waits for ever
 # (docs/flink.md). Everything is cached under $ALIGN_CURATION_CACHE/flink
 # (default ~/.cache/align-curation/flink); the running cluster's pids, logs and config are in
 # its run/ folder.
@@ -39,6 +40,7 @@ JOB_SERVER="$CACHE/beam-flink-1.19-job-server-$BEAM_RUNNER_VERSION"
 REST_PORT=8081
 JOB_PORT=8099
 ARTIFACT_PORT=8098
+WORKER_POOL_PORT=50000
 JM_RPC_PORT=6123
 # Per process: 2 TaskManagers x 3 GiB + JobManager 1 GiB + job server 768 MiB heap, under
 # 8 GiB of JVMs; the SDK harnesses (Python, children of the TaskManagers) come on top.
@@ -50,7 +52,7 @@ TM_TASK_OFF_HEAP="${FLINK_TM_TASK_OFF_HEAP:-512m}"
 JM_PROCESS_SIZE="${FLINK_JM_PROCESS_SIZE:-1024m}"
 JOB_SERVER_HEAP="${FLINK_JOB_SERVER_HEAP:-768m}"
 
-COMPONENTS=(jobmanager taskmanager-1 taskmanager-2 jobserver)
+COMPONENTS=(jobmanager taskmanager-1 taskmanager-2 jobserver workerpool)
 
 die() { echo "flink-local: $*" >&2; exit 1; }
 say() { echo "flink-local: $*"; }
@@ -209,47 +211,13 @@ io:
 EOF
 }
 
-# A TaskManager starts each SDK harness through this executable with the flags of Beam's
-# container contract; as Beam's container boot does, it asks the runner's provision service
-# for the pipeline options, then runs sdk_worker_main, whose log lines go to the
-# TaskManager's log. (Beam's worker pool instead runs `SdkHarness(...).run()`: no options, no
-# log handler, so a harness's errors reached no log at all.)
+# A TaskManager (PROCESS environment) or the worker pool (EXTERNAL) starts each SDK harness
+# through this executable with the flags of Beam's container contract: pipelines/sdk_boot.py
+# fetches the job's options from the runner's provision service and runs the harness in the
+# project's venv.
 write_sdk_boot() {
-  cat >"$RUN/sdk-boot.py" <<'PY'
-"""Beam's SDK container contract (the boot flags) for a harness in this venv."""
-
-import argparse
-import os
-import sys
-
-import grpc
-from google.protobuf import json_format
-
-from apache_beam.portability.api import beam_provision_api_pb2, beam_provision_api_pb2_grpc
-
-parser = argparse.ArgumentParser()
-for flag in ("id", "logging_endpoint", "artifact_endpoint", "provision_endpoint",
-             "control_endpoint"):
-    parser.add_argument(f"--{flag}", default="")
-args, _ = parser.parse_known_args()
-with grpc.insecure_channel(args.provision_endpoint) as channel:
-    info = beam_provision_api_pb2_grpc.ProvisionServiceStub(channel).GetProvisionInfo(
-        beam_provision_api_pb2.GetProvisionInfoRequest(), metadata=[("worker_id", args.id)]
-    ).info
-control = args.control_endpoint or info.control_endpoint.url
-logging_url = args.logging_endpoint or info.logging_endpoint.url
-os.environ.update(
-    WORKER_ID=args.id,
-    PIPELINE_OPTIONS=json_format.MessageToJson(info.pipeline_options),
-    CONTROL_API_SERVICE_DESCRIPTOR=f'url: "{control}"',
-    LOGGING_API_SERVICE_DESCRIPTOR=f'url: "{logging_url}"',
-    RUNNER_CAPABILITIES=" ".join(info.runner_capabilities),
-)
-if info.status_endpoint.url:
-    os.environ["STATUS_API_SERVICE_DESCRIPTOR"] = f'url: "{info.status_endpoint.url}"'
-os.execv(sys.executable, [sys.executable, "-m", "apache_beam.runners.worker.sdk_worker_main"])
-PY
-  printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$PYTHON" "$RUN/sdk-boot.py" >"$RUN/sdk-boot"
+  printf '#!/bin/sh\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" -m pipelines.sdk_boot "$@"\n' \
+    "$REPO" "$PYTHON" >"$RUN/sdk-boot"
   chmod +x "$RUN/sdk-boot"
 }
 
@@ -290,6 +258,7 @@ start() {
     case "$name" in
       jobmanager) port=$REST_PORT ;;
       jobserver) port=$JOB_PORT ;;
+      workerpool) port=$WORKER_POOL_PORT ;;
       *) port="" ;;
     esac
     if [ -n "$port" ] && ! port_free "$port"; then
@@ -319,13 +288,23 @@ start() {
       --artifact-port="$ARTIFACT_PORT" --expansion-port=-1 --artifacts-dir="$RUN/artifacts"
     started=1
   fi
+  if ! alive workerpool; then
+    # For --environment_type EXTERNAL: harnesses for both TaskManagers (pipelines/worker_pool.py
+    # says why not Beam's worker_pool_main).
+    PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" launch workerpool "$PYTHON" -m \
+      pipelines.worker_pool --port "$WORKER_POOL_PORT" --label="$(marker_of workerpool)"
+    started=1
+  fi
   wait_for "two TaskManagers in the REST API" 120 "$RUN/log/taskmanager-2.out" \
     two_taskmanagers || { stop; exit 1; }
   wait_for "the job server on $JOB_PORT" 60 "$RUN/log/jobserver.out" \
     port_open "$JOB_PORT" || { stop; exit 1; }
+  wait_for "the worker pool on $WORKER_POOL_PORT" 60 "$RUN/log/workerpool.out" \
+    port_open "$WORKER_POOL_PORT" || { stop; exit 1; }
   if [ "$started" = 1 ]; then say "running"; else say "already running"; fi
   say "REST http://127.0.0.1:$REST_PORT, job endpoint localhost:$JOB_PORT," \
-    "SDK harness command $RUN/sdk-boot; logs in $RUN/log"
+    "SDK harness command $RUN/sdk-boot (PROCESS) or worker pool localhost:$WORKER_POOL_PORT" \
+    "(EXTERNAL); logs in $RUN/log"
 }
 
 stop_one() {

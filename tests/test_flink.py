@@ -29,6 +29,7 @@ CACHE = Path(
 SDK_BOOT = CACHE / "flink" / "run" / "sdk-boot"  # written by scripts/flink-local.sh start
 REST = "http://127.0.0.1:8081"
 JOB_PORT = 8099
+WORKER_POOL_PORT = 50000  # pipelines/worker_pool.py, started by scripts/flink-local.sh
 # Every file a run writes whose bytes must not depend on the runner. report.html names the
 # output folder, so it differs between any two folders by that line alone.
 COMPARED = ("shards", "webdataset", "tfrecord", "rejects", "dead_letter")
@@ -51,12 +52,17 @@ def _cluster_problem() -> str | None:
         return f"no Beam job server on {JOB_PORT}; start it: scripts/flink-local.sh start"
     if not SDK_BOOT.exists():
         return f"{SDK_BOOT} is missing; start the cluster with scripts/flink-local.sh start"
+    try:
+        socket.create_connection(("127.0.0.1", WORKER_POOL_PORT), timeout=5).close()
+    except OSError:
+        return f"no worker pool on {WORKER_POOL_PORT}; start it: scripts/flink-local.sh start"
     return None
 
 
 @pytest.fixture(scope="module")
 def flink() -> list[str]:
-    """The Beam options that run a pipeline on the local cluster (skips without one)."""
+    """The Beam options that run a pipeline on the local cluster, each TaskManager starting
+    its own harnesses (PROCESS; skips without a cluster)."""
     problem = _cluster_problem()
     if problem:
         pytest.skip(problem)
@@ -65,6 +71,19 @@ def flink() -> list[str]:
         f"--job_endpoint=localhost:{JOB_PORT}",
         "--environment_type=PROCESS",
         "--environment_config=" + json.dumps({"command": str(SDK_BOOT)}),
+        "--parallelism=2",
+    ]
+
+
+@pytest.fixture(scope="module")
+def flink_pool(flink) -> list[str]:
+    """The same, the harnesses started by the worker pool both TaskManagers share (EXTERNAL),
+    as the issue's command line has it."""
+    return [
+        "--runner=FlinkRunner",
+        f"--job_endpoint=localhost:{JOB_PORT}",
+        "--environment_type=EXTERNAL",
+        f"--environment_config=localhost:{WORKER_POOL_PORT}",
         "--parallelism=2",
     ]
 
@@ -88,7 +107,8 @@ def test_archive_run_on_flink_matches_the_in_process_runner(tmp_path: Path, flin
     args += ["--vocab-size", "300", "--formats", "parquet,tfrecord,webdataset"]
     local, on_flink = tmp_path / "local", tmp_path / "flink"
     assert main([*args, "--output", str(local)]) == 0
-    assert main([*args, "--output", str(on_flink), *flink]) == 0
+    # A Flink job-server option (its default value) passes the check of unknown options.
+    assert main([*args, "--output", str(on_flink), *flink, "--max_bundle_size=1000"]) == 0
     kept, rejected, _ = check_invariant(on_flink)
     stats = json.loads((on_flink / "stats.json").read_text())
     assert stats["rejected"]["text"][reasons.TEXT_RARE_TOKEN] > 0
@@ -97,11 +117,11 @@ def test_archive_run_on_flink_matches_the_in_process_runner(tmp_path: Path, flin
 
 
 def test_table_run_with_http_images_on_flink_matches_the_in_process_runner(
-    tmp_path: Path, flink
+    tmp_path: Path, flink_pool
 ) -> None:
-    """A URL table, images fetched over HTTP by the TaskManagers' harnesses (the image bytes
-    travel through Flink's shuffle: `auto` settles on it off the local runners), a shared
-    caption rejected by the dataset-wide rule and a dead link."""
+    """A URL table, images fetched over HTTP by harnesses of the shared worker pool (the image
+    bytes travel through Flink's shuffle: `auto` settles on it off the local runners), a
+    shared caption rejected by the dataset-wide rule and a dead link."""
     server = ImageServer()
     for i in range(6):
         server.images[f"/photo-{i}.jpg"] = jpeg_bytes((320 + 16 * i, 240), colour=30 * i)
@@ -116,7 +136,7 @@ def test_table_run_with_http_images_on_flink_matches_the_in_process_runner(
         args += ["--formats", "parquet,webdataset"]
         local, on_flink = tmp_path / "local", tmp_path / "flink"
         assert main([*args, "--output", str(local)]) == 0
-        assert main([*args, "--output", str(on_flink), *flink]) == 0
+        assert main([*args, "--output", str(on_flink), *flink_pool]) == 0
     kept, rejected, _ = check_invariant(on_flink)
     assert len(kept) == 7
     assert [r["reason"] for r in rejected] == ["http_404"]
