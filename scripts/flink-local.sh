@@ -201,6 +201,13 @@ taskmanager:
       max: 256m
 parallelism:
   default: 2
+# Beam's runner classes from the TaskManagers' own classpath (launch_flink puts the job
+# server's jars on it), not from the job's: Beam releases a stage's SDK harnesses as soon as
+# the stage ends when its classes come from a job's class loader, and keeps them for
+# --environment_cache_millis (which curate sets on Flink) when they do not. Reused, a
+# harness starts once per TaskManager instead of once per stage (~4 s each on 2 cores).
+classloader:
+  resolve-order: parent-first
 rest:
   address: 127.0.0.1
   bind-address: 127.0.0.1
@@ -268,6 +275,11 @@ start() {
   write_conf
   write_sdk_boot
   export FLINK_CONF_DIR="$RUN/conf" FLINK_LOG_DIR="$RUN/log" FLINK_PID_DIR="$RUN/flink-pids"
+  # Flink's scripts append HADOOP_CLASSPATH to the JVMs' classpath: the job server's jars
+  # but Flink's own and the logging ones (Flink has its own, of its version).
+  HADOOP_CLASSPATH="$(find "$JOB_SERVER/lib" -name '*.jar' ! -name 'flink-*' ! -name 'slf4j-*' |
+    sort | tr '\n' ':')"
+  export HADOOP_CLASSPATH
   if ! alive jobmanager; then
     JVM_ARGS="$(marker_of jobmanager)" launch jobmanager \
       "$FLINK_HOME/bin/jobmanager.sh" start-foreground

@@ -16,7 +16,12 @@ import pytest
 from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
 from pipelines.errors import CurateError
-from pipelines.runtime import check_beam_args, job_server_option_names
+from pipelines.runtime import (
+    ENVIRONMENT_CACHE_MS,
+    check_beam_args,
+    fuse_in_python,
+    job_server_option_names,
+)
 
 FLINK_OPTIONS = ("max_bundle_size", "max_bundle_time_mills", "object_reuse")
 
@@ -82,3 +87,32 @@ def test_a_job_server_that_does_not_answer_is_named() -> None:
         port = s.getsockname()[1]
     with pytest.raises(CurateError, match=f"job server at --job_endpoint 127.0.0.1:{port}"):
         job_server_option_names(f"127.0.0.1:{port}", timeout=1.0)
+
+
+@pytest.mark.parametrize(
+    ("typed", "experiments", "cache_ms"),
+    [
+        (["--runner=FlinkRunner"], ["pre_optimize=all"], ENVIRONMENT_CACHE_MS),
+        (["--runner=PortableRunner"], ["pre_optimize=all"], ENVIRONMENT_CACHE_MS),
+        # What the user chose stays, 0 included.
+        (["--runner=FlinkRunner", "--environment_cache_millis=0"], ["pre_optimize=all"], 0),
+        (
+            ["--runner=FlinkRunner", "--experiments=pre_optimize=default"],
+            ["pre_optimize=default"],
+            ENVIRONMENT_CACHE_MS,
+        ),
+        # Not a portable runner: nothing added.
+        (["--runner=DirectRunner"], None, 0),
+    ],
+)
+def test_portable_runners_fuse_in_python_and_keep_harnesses(typed, experiments, cache_ms):
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        PipelineOptions,
+        PortableOptions,
+    )
+
+    options = PipelineOptions(typed)
+    fuse_in_python(options)
+    assert options.view_as(DebugOptions).experiments == experiments
+    assert int(options.view_as(PortableOptions).environment_cache_millis or 0) == cache_ms
