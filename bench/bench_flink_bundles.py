@@ -14,7 +14,6 @@ in-memory runner, in the same invocation.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,17 +24,9 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from common import FLINK_LOCAL as FLINK  # bench/common.py, beside this script
 
-SDK_BOOT = Path.home() / ".cache" / "align-curation" / "flink" / "run" / "sdk-boot"
-FLINK = [
-    "--runner=FlinkRunner",
-    "--job_endpoint=localhost:8099",
-    "--parallelism=2",
-    "--environment_type=PROCESS",
-    "--environment_config=" + json.dumps({"command": str(SDK_BOOT)}),
-    # as curate runs it (pipelines/runtime.py fuse_in_python)
-    "--experiments=pre_optimize=all",
-]
+from pipelines.runtime import fuse_in_python
 
 
 class CountBundles(beam.DoFn):
@@ -61,6 +52,7 @@ def run(n: int, argv: list[str], folder: Path, runner=None) -> dict[str, list[in
     """Bundle sizes per step of one run."""
     folder.mkdir(parents=True)
     options = PipelineOptions(argv)
+    fuse_in_python(options)  # as curate runs it: fused in Python, harnesses kept
     with beam.Pipeline(runner=runner, options=options) as p:
         rows = p | "Read" >> beam.Create(range(n), reshuffle=True)
         counted = rows | "Per element" >> beam.ParDo(CountBundles(str(folder), "per element"))

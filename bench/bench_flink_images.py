@@ -24,19 +24,12 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLINK_LOCAL as FLINK
 from images_corpus import real_images, source_photos
 from images_e2e import Tool, corpus, ours, ours_kept, whole_runs
 
-SDK_BOOT = Path.home() / ".cache" / "align-curation" / "flink" / "run" / "sdk-boot"
 REST = "http://127.0.0.1:8081"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FLINK = [
-    "--runner=FlinkRunner",
-    "--job_endpoint=localhost:8099",
-    "--parallelism=2",
-    "--environment_type=PROCESS",
-    "--environment_config=" + json.dumps({"command": str(SDK_BOOT)}),
-]
 COMMON = ["--nsfw", "false", "--progress-interval", "0"]
 
 
@@ -76,12 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hosts", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_images")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)  # the rest: more Beam options for the Flink runs
     photos = lambda: source_photos(real_images([DATA / "images", DATA / "evalsets"])[0])  # noqa: E731
     folder, _ = corpus(args.n, photos, args.cache)
     work = Path(tempfile.mkdtemp(prefix="bench_flink_images-"))
     tools = [
-        Tool("Flink (2 TaskManagers, parallelism 2)", ours([*COMMON, *FLINK]), ours_kept),
+        Tool("Flink (2 TaskManagers, parallelism 2)", ours([*COMMON, *FLINK, *extra]), ours_kept),
         Tool("in-memory runner", ours(COMMON), ours_kept),
     ]
     before = {j["jid"] for j in _get("/jobs/overview")["jobs"]}

@@ -24,16 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import FLINK_LOCAL as FLINK
 from gen_candidates import write_table
 
-SDK_BOOT = Path.home() / ".cache" / "align-curation" / "flink" / "run" / "sdk-boot"
-FLINK = [
-    "--runner=FlinkRunner",
-    "--job_endpoint=localhost:8099",
-    "--parallelism=2",
-    "--environment_type=PROCESS",
-    "--environment_config=" + json.dumps({"command": str(SDK_BOOT)}),
-]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -69,9 +62,11 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def run(table: Path, out: Path, flags: list[str]) -> tuple[float, dict[str, int], int]:
+def run(
+    table: Path, out: Path, flags: list[str], timeline: list | None = None
+) -> tuple[float, dict[str, int], int]:
     """Wall s, peak RSS by kind (largest single process) on the cluster, and the peak RSS
-    of the curate process tree."""
+    of the curate process tree; `timeline` gets (epoch ms, largest harness RSS) samples."""
     curate = str(Path(sys.executable).with_name("curate"))
     argv = [curate, "run", "--input", str(table), "--output", str(out), "--overwrite"]
     argv += ["--stop-after", "text", "--progress-interval", "0", *flags]
@@ -85,8 +80,13 @@ def run(table: Path, out: Path, flags: list[str]) -> tuple[float, dict[str, int]
     def sample() -> None:
         nonlocal tree_peak
         while not done.is_set():
+            harness = 0
             for kind, rss in _processes().values():
                 peaks[kind] = max(peaks.get(kind, 0), rss)
+                if kind == "sdk harness":
+                    harness = max(harness, rss)
+            if timeline is not None:
+                timeline.append((time.time() * 1000, harness))
             tree_peak = max(tree_peak, _tree_rss(proc.pid))
             time.sleep(0.5)
 
@@ -98,6 +98,38 @@ def run(table: Path, out: Path, flags: list[str]) -> tuple[float, dict[str, int]
     if rc != 0:
         raise SystemExit(f"curate exited {rc} on {table}")
     return time.perf_counter() - t0, peaks, tree_peak
+
+
+def growth_by_task(timeline: list[tuple[float, int]], top: int = 8) -> str:
+    """The Flink tasks of the cluster's newest job during which the largest harness grew
+    most: RSS when the task started, and the most while it ran. Tasks overlap in time, so
+    this points at stages rather than proving one."""
+    import urllib.request
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen("http://127.0.0.1:8081" + path, timeout=10) as response:
+            return json.load(response)
+
+    jobs = get("/jobs/overview")["jobs"]
+    job = get(f"/jobs/{max(jobs, key=lambda j: j['start-time'])['jid']}")
+    rows = []
+    for v in job["vertices"]:
+        start, end = v["start-time"], v["start-time"] + v["duration"]
+        before = [rss for t, rss in timeline if t <= start]
+        during = [rss for t, rss in timeline if start <= t <= end]
+        if before and during:
+            rows.append((max(during) - before[-1], before[-1], max(during), v["name"]))
+    rows.sort(reverse=True)
+    lines = [
+        "| task | harness MB at start | most MB while it ran | growth MB |",
+        "|---|--:|--:|--:|",
+    ]
+    for grew, at_start, most, name in rows[:top]:
+        name = name.replace("|", "/")[:100]
+        lines.append(
+            f"| {name} | {at_start / 2**20:,.0f} | {most / 2**20:,.0f} | {grew / 2**20:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -112,7 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         table = write_table(n, args.cache / f"candidates-{n}.parquet")
-        flink_s, peaks, _ = run(table, work / f"flink-{n}", FLINK)
+        timeline: list[tuple[float, int]] = []
+        flink_s, peaks, _ = run(table, work / f"flink-{n}", FLINK, timeline)
+        growth = growth_by_task(timeline)
+        print(f"\nWhere the largest harness grew, {n:,} candidates:\n\n{growth}\n", file=sys.stderr)
         local_s, local_peak = float("nan"), 0
         if not args.no_local:
             local_s, _, local_peak = run(table, work / f"local-{n}", [])

@@ -11,6 +11,15 @@ from importlib import metadata
 from pathlib import Path
 
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+# The Beam options that run a pipeline on the cluster scripts/flink-local.sh starts: its job
+# server, two TaskManagers, SDK harnesses from its worker pool.
+FLINK_LOCAL = [
+    "--runner=FlinkRunner",
+    "--job_endpoint=localhost:8099",
+    "--parallelism=2",
+    "--environment_type=EXTERNAL",
+    "--environment_config=localhost:50000",
+]
 
 
 def write_marked_section(start: str, end: str, section: str, path: Path = BENCHMARKS_MD) -> None:

@@ -80,9 +80,15 @@ def plan_run(cfg: CurationConfig, options: Any, languages: bool = True) -> RunPl
         processes = min(usable_cpus(), max(1, cfg.fetch_threads)) if in_memory else 0
     transport = cfg.image_transport
     if transport == "auto":
-        # Every local worker sees the spool (a folder under the output); on a cluster the
-        # shuffle service moves the bytes (a shared spool's ranged reads are unmeasured there).
-        transport = "spool" if local else "shuffle"
+        # Every local worker sees the spool (a folder under the output). Beam's Flink batch
+        # runner hands a GroupByKey's values for a key to Flink's sorter as one record, so
+        # the image bytes of one shard fail it ("The record exceeds the maximum size of a
+        # sort buffer", 2,000 images): on portable runners only references may cross the
+        # shuffles, and the spool is under the output, which every worker must reach anyway.
+        # On Dataflow the shuffle service streams the bytes (a shared spool's ranged reads
+        # are unmeasured there).
+        portable = (runner_name(options) or "").lower() in _PORTABLE_RUNNER_NAMES
+        transport = "spool" if local or portable else "shuffle"
     workers = None
     if processes > 0:
         detector = cfg.language_detector if languages and cfg.detect_language else None

@@ -3,7 +3,8 @@ the same bytes as the in-process runner: Beam's Fn API across processes, Flink's
 runner's bundles and parallelism, and the `auto` settings of a non-local runner.
 
 Skipped, with the reason, where Java is absent or the cluster is not running; `.ci/run` starts
-it around pytest. Each Flink run takes about two minutes on 2 cores.
+it around pytest and makes its absence a failure (CURATE_REQUIRE_FLINK). Each Flink run
+takes 20-60 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def flink() -> list[str]:
     """The Beam options that run a pipeline on the local cluster, each TaskManager starting
     its own harnesses (PROCESS; skips without a cluster)."""
     problem = _cluster_problem()
+    if problem and os.environ.get("CURATE_REQUIRE_FLINK"):
+        pytest.fail(f"CURATE_REQUIRE_FLINK is set (.ci/run, where Java is) but {problem}")
     if problem:
         pytest.skip(problem)
     return [
@@ -119,9 +122,9 @@ def test_archive_run_on_flink_matches_the_in_process_runner(tmp_path: Path, flin
 def test_table_run_with_http_images_on_flink_matches_the_in_process_runner(
     tmp_path: Path, flink_pool
 ) -> None:
-    """A URL table, images fetched over HTTP by harnesses of the shared worker pool (the image
-    bytes travel through Flink's shuffle: `auto` settles on it off the local runners), a
-    shared caption rejected by the dataset-wide rule and a dead link."""
+    """A URL table, images fetched over HTTP by harnesses of the shared worker pool (their
+    bytes in the spool under the output, which `auto` picks on Flink), a shared caption
+    rejected by the dataset-wide rule and a dead link."""
     server = ImageServer()
     for i in range(6):
         server.images[f"/photo-{i}.jpg"] = jpeg_bytes((320 + 16 * i, 240), colour=30 * i)

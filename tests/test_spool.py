@@ -141,6 +141,9 @@ def test_transport_setting_is_checked_and_auto_settles_by_runner(tmp_path: Path)
     assert workers.image_transport == "spool"  # every local worker sees the folder
     cluster = plan_run(cfg, PipelineOptions(["--runner=DataflowRunner"]))
     assert cluster.image_transport == "shuffle"
+    # Flink's batch GroupByKey cannot carry a shard's images in one record.
+    flink = plan_run(cfg, PipelineOptions(["--runner=FlinkRunner"]))
+    assert (flink.image_transport, flink.measure_processes) == ("spool", 0)
     chosen = CurationConfig(image_transport="shuffle")
     assert plan_run(chosen, PipelineOptions([])).image_transport == "shuffle"
     # A plan whose transport is the shuffle keeps the bytes in the records.
