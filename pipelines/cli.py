@@ -341,6 +341,13 @@ def _launch(
     # As given, 'auto' kept: a rerun or a retry elsewhere settles it for its own runner.
     write_atomic(join(args.output, CONFIG_FILE), cfg.to_yaml().encode())
     print(f"curate: {what} -> {args.output} ({plan.describe()})", file=sys.stderr)
+    if not plan.local and "://" not in args.output:
+        # Shards, ledger and the image spool are written by whichever worker the runner picks.
+        print(
+            f"curate: note: --output {args.output} is a local path; on a cluster of several "
+            "machines every worker must see it (a shared mount), or use gs://, s3://, hdfs://",
+            file=sys.stderr,
+        )
     interval = args.progress_interval
     if not plan.local and interval > 0:
         # The counters are files in a folder of this machine, which a cluster's workers do

@@ -54,4 +54,5 @@ def test_a_run_off_the_local_runners_says_where_progress_is(tmp_path, capsys, mo
     assert cli._launch(args, CurationConfig(), Plan(), "running", execute) == 0
     err = capsys.readouterr().err
     assert "no progress lines off the local runners" in err
+    assert "is a local path; on a cluster of several machines every worker must see it" in err
     assert seen["env"] is None
