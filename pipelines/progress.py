@@ -73,6 +73,8 @@ class Reporter:
         self._start = time.monotonic()
 
     def __enter__(self) -> Reporter:
+        with _lock:  # a second run in this process counts from zero
+            _counts.clear()
         if self.interval > 0:
             self.folder = Path(tempfile.mkdtemp(prefix="curate-progress-"))
             os.environ[ENV] = str(self.folder)
