@@ -19,7 +19,7 @@ def test_counts_from_the_workers_files_reach_the_line(capsys) -> None:
         deadline = time.monotonic() + 5
         while "7 candidates" not in capsys.readouterr().err and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert "7 candidates read, 5 kept" in reporter.line()
+        assert "s: 7 candidates read, 5 kept" in reporter.line()
     assert progress.ENV not in os.environ
 
 
