@@ -202,7 +202,7 @@ def _subclasses(cls: type) -> list[type]:
 
 # How long a portable runner keeps a stage's SDK harnesses for the next stage (ms). The batch
 # graph runs as ~20 waves one after another, and a harness takes ~4 s to start on 2 cores;
-# kept, the bundled sample's run on the local Flink cluster went from 132 s to 62 s
+# kept, the bundled sample's run on the local Flink cluster went from 132 s to 37 s
 # (BENCHMARKS.md, the Flink section).
 ENVIRONMENT_CACHE_MS = 60_000
 
