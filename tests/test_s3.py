@@ -36,6 +36,17 @@ RUN_FLAGS = ["--images-from", "archive", "--nsfw", "false"]
 RUN_SECONDS = 120
 
 
+def _client(endpoint: str):
+    """A boto3 S3 client for the moto server at `endpoint`, with the test's credentials."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+    )
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[str]:
     """moto's S3 on 127.0.0.1 with the archives uploaded; yields its endpoint URL."""
@@ -44,13 +55,7 @@ def s3() -> Iterator[str]:
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     try:
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=KEY,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-        )
+        client = _client(endpoint)
         client.create_bucket(Bucket=BUCKET)
         shared = require(WARC_DIR / SHARED)
         listed = []
@@ -162,13 +167,7 @@ def test_a_manifest_in_a_bucket_read_and_written_there(s3: str, on_disk, tmp_pat
         SECRET,
     ]
     assert _run(*args, "--stop-after", "text", *flags) == 0
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3,
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        region_name="us-east-1",
-    )
+    client = _client(s3)
     local = tmp_path / "out"
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix="runs/manifest/")["Contents"]
     names = [o["Key"].removeprefix("runs/manifest/") for o in listing]
