@@ -390,6 +390,10 @@ class CurationConfig:
                 "config keys 'max_input_files' and 'sample_input_files': give one (the first "
                 "N files, or N drawn by seed)"
             )
+        if self.seed and not self.sample_input_files:
+            raise ConfigError(
+                "config key 'seed': it draws sample_input_files, which is not set (0)"
+            )
         if self.shard_size < 1:
             raise ConfigError("config key 'shard_size': must be at least 1")
 

@@ -32,10 +32,8 @@ def expand_inputs(patterns: list[str], cfg: CurationConfig | None = None) -> lis
 
     cfg = cfg or CurationConfig()
     found: list[str] = []
+    manifests = 0
     for pattern in patterns:
-        if is_manifest(pattern):
-            found.extend(manifest_files(pattern, cfg))
-            continue
         if "://" not in pattern and os.path.isdir(pattern):
             pattern = os.path.join(pattern, "*")
         try:
@@ -49,7 +47,24 @@ def expand_inputs(patterns: list[str], cfg: CurationConfig | None = None) -> lis
         )
         if not files:
             raise CurateError(f"--input {pattern!r} matches no file")
-        found.extend(files)
+        # A manifest is known by the file matched, so a glob or a folder may name one too.
+        for path in files:
+            if is_manifest(path):
+                manifests += 1
+                found.extend(manifest_files(path, cfg))
+            else:
+                found.append(path)
+    if not manifests:
+        given = [
+            f"--{key.replace('_', '-')}"
+            for key in ("paths_base", "max_input_files", "sample_input_files")
+            if getattr(cfg, key)
+        ]
+        if given:  # they act on manifests only: without one they would do nothing
+            raise CurateError(
+                f"{', '.join(given)} applies to Common Crawl manifests (*.paths.gz), and no "
+                "--input is one"
+            )
     return sorted(set(found))
 
 

@@ -138,8 +138,33 @@ def test_an_empty_or_unreadable_manifest_is_a_usage_error(tmp_path) -> None:
     empty.write_bytes(gzip.compress(b"\n\n"))
     with pytest.raises(CurateError, match="lists no file"):
         expand_inputs([str(empty)])
-    with pytest.raises(CurateError, match="cannot read the manifest"):
+    with pytest.raises(CurateError, match="matches no file"):
         expand_inputs([str(tmp_path / CRAWL / "warc.paths.gz")])
+    broken = tmp_path / CRAWL / "wet.paths.gz"
+    broken.write_bytes(b"not gzip at all")
+    with pytest.raises(CurateError, match="cannot read the manifest"):
+        expand_inputs([str(broken)])
+
+
+def test_a_glob_or_a_folder_may_name_a_manifest(tmp_path) -> None:
+    lines = paths(2)
+    manifest = write_crawl(tmp_path, lines)
+    want = sorted(str(tmp_path / line) for line in lines)
+    assert expand_inputs([str(manifest.parent / "*.paths.gz")]) == want
+    assert set(want) <= set(expand_inputs([str(manifest.parent)]))
+    assert str(manifest) not in expand_inputs([str(manifest.parent)])  # read, not an archive
+
+
+def test_manifest_keys_without_a_manifest_are_refused(tmp_path) -> None:
+    archive = tmp_path / "one.warc.gz"
+    archive.write_bytes(b"")
+    for key in ("max_input_files", "sample_input_files"):
+        with pytest.raises(CurateError, match="applies to Common Crawl manifests"):
+            expand_inputs([str(archive)], CurationConfig(**{key: 3}))
+    with pytest.raises(CurateError, match="--paths-base applies"):
+        expand_inputs([str(archive)], CurationConfig(paths_base="s3://commoncrawl/"))
+    with pytest.raises(ConfigError, match="'seed'"):
+        CurationConfig(seed=7)
 
 
 def test_the_config_keys_and_their_flags() -> None:
