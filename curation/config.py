@@ -160,7 +160,8 @@ class CurationConfig:
     # --- HTTP fetching: polite and safe.
     user_agent: str = _opt(
         "align-curation/0.1 (image-text dataset research; robots.txt honoured)",
-        "User-Agent of every request, robots.txt included",
+        "User-Agent of every image and robots.txt request (input files over http(s) are "
+        "read as align-curation's input reader)",
         "identify the crawler, so site owners can address it in robots.txt",
     )
     connect_timeout: float = _opt(5.0, "seconds to connect", "img2dataset uses 10 s overall")

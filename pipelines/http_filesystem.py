@@ -125,31 +125,46 @@ class HttpClient:
             delay = retry_after
         self.sleep(min(delay, s.max_backoff_seconds))
 
-    def head(self, url: str) -> urllib3.BaseHTTPResponse | None:
-        """The headers of a URL (None: it does not exist), retried as reads are."""
+    def send(self, method: str, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        """A request retried on connection errors, 429 and 5xx (bounded in tries, and in
+        wait: a Retry-After past max_backoff_seconds gives up); any other answer returned
+        with its body unread."""
+        s = self.settings
         failures = 0
         while True:
             try:
-                resp = self.request("HEAD", url, {})
-                resp.drain_conn()
-                resp.release_conn()
+                resp = self.request(method, url, headers)
             except Urllib3Error as e:
                 failures += 1
-                if failures >= self.settings.failures_in_a_row:
+                if failures >= s.failures_in_a_row:
                     raise HttpInputError(f"{url}: {type(e).__name__}: {e}") from e
                 self.wait(failures, None)
                 continue
-            if resp.status in (404, 410):
-                return None
-            if resp.status == 429 or resp.status >= 500:
-                failures += 1
-                if failures >= self.settings.failures_in_a_row:
-                    raise HttpInputError(f"{url}: HTTP {resp.status} after {failures} tries")
-                self.wait(failures, retry_after_seconds(resp.headers.get("Retry-After")))
-                continue
-            if resp.status >= 400:
-                raise HttpInputError(f"{url}: HTTP {resp.status}")
-            return resp
+            if resp.status != 429 and resp.status < 500:
+                return resp
+            retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+            resp.drain_conn()
+            resp.release_conn()
+            failures += 1
+            if failures >= s.failures_in_a_row:
+                raise HttpInputError(f"{url}: HTTP {resp.status} after {failures} tries")
+            if retry_after is not None and retry_after > s.max_backoff_seconds:
+                raise HttpInputError(
+                    f"{url}: HTTP {resp.status}, Retry-After {retry_after:.0f} s is longer "
+                    f"than the {s.max_backoff_seconds:.0f} s this reader waits"
+                )
+            self.wait(failures, retry_after)
+
+    def head(self, url: str) -> urllib3.BaseHTTPResponse | None:
+        """The headers of a URL (None: it does not exist), retried as reads are."""
+        resp = self.send("HEAD", url, {})
+        resp.drain_conn()
+        resp.release_conn()
+        if resp.status in (404, 410):
+            return None
+        if resp.status >= 400:
+            raise HttpInputError(f"{url}: HTTP {resp.status}")
+        return resp
 
 
 class HttpInputError(RuntimeError):
@@ -263,33 +278,11 @@ class HttpReader(io.RawIOBase):
         headers = {"Range": f"bytes={self.pos}-"} if self.pos else {}
         if self.pos and self._etag:
             headers["If-Range"] = self._etag
-        failures = 0
-        while True:
-            try:
-                resp = self.client.request("GET", self.url, headers)
-            except Urllib3Error as e:
-                failures += 1
-                if failures >= s.failures_in_a_row:
-                    raise HttpInputError(f"{self.url}: {type(e).__name__}: {e}") from e
-                self.client.wait(failures, None)
-                continue
-            if resp.status == 429 or resp.status >= 500:
-                retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
-                resp.drain_conn()
-                resp.release_conn()
-                failures += 1
-                if failures >= s.failures_in_a_row:
-                    raise HttpInputError(f"{self.url}: HTTP {resp.status} after {failures} tries")
-                if retry_after is not None and retry_after > s.max_backoff_seconds:
-                    raise HttpInputError(
-                        f"{self.url}: HTTP {resp.status}, Retry-After {retry_after:.0f} s is "
-                        f"longer than the {s.max_backoff_seconds:.0f} s this reader waits"
-                    )
-                self.client.wait(failures, retry_after)
-                continue
-            break
+        resp = self.client.send("GET", self.url, headers)
         if resp.status in (404, 410):
             resp.release_conn()
+            if self.pos:  # gone mid-read: a failed file, not a damaged archive (OSError)
+                raise HttpInputError(f"{self.url}: HTTP {resp.status} at byte {self.pos:,}")
             raise FileNotFoundError(f"{self.url}: HTTP {resp.status}")
         if resp.status == 416:  # asked from at or past the end: nothing left to read
             resp.release_conn()
@@ -361,9 +354,9 @@ class HttpReader(io.RawIOBase):
 class HttpFileSystem(FileSystem):
     """Read-only `http://` inputs, streamed; see the module docstring."""
 
-    def __init__(self, pipeline_options, client: HttpClient | None = None) -> None:
+    def __init__(self, pipeline_options) -> None:
         super().__init__(pipeline_options)
-        self.client = client or HttpClient.shared()
+        self.client = HttpClient.shared()
 
     @classmethod
     def scheme(cls) -> str:
@@ -409,7 +402,7 @@ class HttpFileSystem(FileSystem):
 
     def checksum(self, path: str) -> str:
         resp = self._head(path)
-        return resp.headers.get("ETag") or str(self.size(path))
+        return resp.headers.get("ETag") or resp.headers.get("Content-Length") or "0"
 
     def metadata(self, path: str) -> FileMetadata:
         resp = self._head(path)
