@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,11 @@ _LOCAL_RUNNER_NAMES = frozenset({"directrunner", "direct", "fnapirunner"})
 # The runners that submit to a Beam job server, which fuses the graph in Java (Beam's Flink
 # and other portable runners), compared in lower case.
 _PORTABLE_RUNNER_NAMES = frozenset({"flinkrunner", "portablerunner"})
+
+
+def is_portable_runner(name: str | None) -> bool:
+    """Whether a runner name submits to a Beam job server (Flink's, or any portable one)."""
+    return (name or "").lower() in _PORTABLE_RUNNER_NAMES
 
 
 def runner_name(options: Any) -> str | None:
@@ -87,8 +93,7 @@ def plan_run(cfg: CurationConfig, options: Any, languages: bool = True) -> RunPl
         # shuffles, and the spool is under the output, which every worker must reach anyway.
         # On Dataflow the shuffle service streams the bytes (a shared spool's ranged reads
         # are unmeasured there).
-        portable = (runner_name(options) or "").lower() in _PORTABLE_RUNNER_NAMES
-        transport = "spool" if local or portable else "shuffle"
+        transport = "spool" if local or is_portable_runner(runner_name(options)) else "shuffle"
     workers = None
     if processes > 0:
         detector = cfg.language_detector if languages and cfg.detect_language else None
@@ -141,24 +146,24 @@ def check_beam_args(beam_args: list[str], our_flags: list[str]) -> None:
 
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-    parser = _BeamArgumentParser(allow_abbrev=False)
+    parser = _BeamArgumentParser(allow_abbrev=False, exit_on_error=False)
     for cls in {str(c): c for c in _subclasses(PipelineOptions)}.values():
         cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(beam_args)
+    try:
+        known, unknown = parser.parse_known_args(beam_args)
+    except argparse.ArgumentError as e:  # a value of the wrong type for one of Beam's options
+        raise CurateError(str(e)) from None
     if not unknown:
         return
-    known, _ = parser.parse_known_args(beam_args)
     endpoint = getattr(known, "job_endpoint", None)
-    runner = (getattr(known, "runner", None) or "").lower()
-    if endpoint and runner in _PORTABLE_RUNNER_NAMES:
+    if endpoint and is_portable_runner(getattr(known, "runner", None)):
         # The job server's own options (Flink's --max_bundle_size, --object_reuse, ...): Beam
-        # asks the job server for them when it submits, and passes those the user set.
-        for name in job_server_option_names(endpoint):
-            try:
-                parser.add_argument(f"--{name}", nargs="?")
-            except Exception:  # argparse.ArgumentError: already a Python option
-                continue
-        _, unknown = parser.parse_known_args(beam_args)
+        # asks the job server for them when it submits, and parses those the user set.
+        _add_job_server_options(parser, job_server_options(endpoint))
+        try:
+            _, unknown = parser.parse_known_args(beam_args)
+        except argparse.ArgumentError as e:  # a value of the wrong type
+            raise CurateError(f"{e}; see the job server's options") from None
         if not unknown:
             return
     beam_flags = [flag for action in parser._actions for flag in action.option_strings]
@@ -171,10 +176,10 @@ def check_beam_args(beam_args: list[str], our_flags: list[str]) -> None:
     raise CurateError(f"unknown option {name}{hint}; see curate run --help")
 
 
-def job_server_option_names(endpoint: str, timeout: float = 10.0) -> list[str]:
-    """The pipeline options a Beam job server defines, as Beam's portable runner reads them
-    (DescribePipelineOptions). A server that does not answer is an error: the run could not
-    be submitted to it either."""
+def job_server_options(endpoint: str, timeout: float = 10.0) -> list[Any]:
+    """The pipeline options a Beam job server defines (PipelineOptionDescriptor), as Beam's
+    portable runner reads them (DescribePipelineOptions). A server that does not answer is
+    an error: the run could not be submitted to it either."""
     import grpc
     from apache_beam.portability.api import beam_job_api_pb2, beam_job_api_pb2_grpc
 
@@ -189,7 +194,28 @@ def job_server_option_names(endpoint: str, timeout: float = 10.0) -> list[str]:
             f"the job server at --job_endpoint {endpoint} did not answer within {timeout:.0f} s "
             f"({type(e).__name__}); is it running?"
         ) from None
-    return [option.name for option in response.options]
+    return list(response.options)
+
+
+def _add_job_server_options(parser: Any, options: list[Any]) -> None:
+    """Register the job server's options as Beam's portable runner does when it submits
+    (switches, integers, repeatable arrays), so that what passes here parses there: a value
+    Beam would drop (`--object_reuse false`) is refused instead."""
+    from apache_beam.portability.api import beam_job_api_pb2
+
+    kinds = beam_job_api_pb2.PipelineOptionType
+    for option in options:
+        kwargs: dict[str, Any] = {"action": "store"}
+        if option.type == kinds.BOOLEAN:
+            kwargs["action"] = "store_true" if option.default_value != "true" else "store_false"
+        elif option.type == kinds.INTEGER:
+            kwargs["type"] = int
+        elif option.type == kinds.ARRAY:
+            kwargs["action"] = "append"
+        try:
+            parser.add_argument(f"--{option.name}", **kwargs)
+        except argparse.ArgumentError:  # already a Python option of Beam's
+            continue
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -221,7 +247,7 @@ def fuse_in_python(options: Any) -> None:
     """
     from apache_beam.options.pipeline_options import DebugOptions, PortableOptions
 
-    if (runner_name(options) or "").lower() not in _PORTABLE_RUNNER_NAMES:
+    if not is_portable_runner(runner_name(options)):
         return
     debug = options.view_as(DebugOptions)
     if debug.lookup_experiment("pre_optimize") is None:

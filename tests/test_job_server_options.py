@@ -20,10 +20,17 @@ from pipelines.runtime import (
     ENVIRONMENT_CACHE_MS,
     check_beam_args,
     fuse_in_python,
-    job_server_option_names,
+    job_server_options,
 )
 
-FLINK_OPTIONS = ("max_bundle_size", "max_bundle_time_mills", "object_reuse")
+_TYPE = beam_job_api_pb2.PipelineOptionType
+# Named and typed as Flink's job server describes them.
+FLINK_OPTIONS = (
+    ("max_bundle_size", _TYPE.INTEGER, ""),
+    ("max_bundle_time_mills", _TYPE.INTEGER, ""),
+    ("object_reuse", _TYPE.BOOLEAN, "false"),
+    ("files_to_stage", _TYPE.ARRAY, ""),
+)
 
 
 class _Describer(beam_job_api_pb2_grpc.JobServiceServicer):
@@ -33,7 +40,12 @@ class _Describer(beam_job_api_pb2_grpc.JobServiceServicer):
     def DescribePipelineOptions(self, request, context):  # gRPC names the method
         self.calls += 1
         return beam_job_api_pb2.DescribePipelineOptionsResponse(
-            options=[beam_job_api_pb2.PipelineOptionDescriptor(name=name) for name in FLINK_OPTIONS]
+            options=[
+                beam_job_api_pb2.PipelineOptionDescriptor(
+                    name=name, type=kind, default_value=default
+                )
+                for name, kind, default in FLINK_OPTIONS
+            ]
         )
 
 
@@ -52,7 +64,7 @@ def job_server() -> Iterator[tuple[str, _Describer]]:
 
 def test_the_job_servers_options_are_read(job_server) -> None:
     endpoint, _ = job_server
-    assert job_server_option_names(endpoint) == list(FLINK_OPTIONS)
+    assert [o.name for o in job_server_options(endpoint)] == [o[0] for o in FLINK_OPTIONS]
 
 
 def test_runner_options_pass_on_a_portable_runner_with_a_job_endpoint(job_server) -> None:
@@ -64,6 +76,18 @@ def test_runner_options_pass_on_a_portable_runner_with_a_job_endpoint(job_server
     # Only arguments Python's Beam does not know ask the job server.
     check_beam_args([*base, "--parallelism=2"], [])
     assert describer.calls == 2
+
+
+def test_runner_options_parse_as_beam_parses_them(job_server) -> None:
+    """A switch takes no value: `--object_reuse false` would turn it on and Beam would drop
+    'false' with a log line; an integer option takes integers only."""
+    endpoint, _ = job_server
+    base = ["--runner=FlinkRunner", f"--job_endpoint={endpoint}"]
+    check_beam_args([*base, "--files_to_stage=a.jar", "--files_to_stage=b.jar"], [])
+    with pytest.raises(CurateError, match="unexpected argument 'false'"):
+        check_beam_args([*base, "--object_reuse", "false"], [])
+    with pytest.raises(CurateError):
+        check_beam_args([*base, "--max_bundle_size=lots"], [])
 
 
 def test_a_typo_of_a_runner_option_is_still_an_error(job_server) -> None:
@@ -86,7 +110,7 @@ def test_a_job_server_that_does_not_answer_is_named() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(CurateError, match=f"job server at --job_endpoint 127.0.0.1:{port}"):
-        job_server_option_names(f"127.0.0.1:{port}", timeout=1.0)
+        job_server_options(f"127.0.0.1:{port}", timeout=1.0)
 
 
 @pytest.mark.parametrize(
