@@ -276,6 +276,7 @@ def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
         raise CurateError(f"bad Beam pipeline options {beam_args}: {e}") from e
     check_dataflow_options(options, paths)
     check_s3_credentials(options, paths)
+    check_portable_staging(options)
     fuse_in_python(options)
     # The launcher reads and writes through FileSystems before any Pipeline exists (input
     # globs and manifests, the output folder, config.yaml, the summary). Beam builds a
@@ -286,6 +287,36 @@ def pipeline_options(beam_args: list[str], paths: list[str] = ()) -> Any:
 
     FileSystems.set_options(options)
     return options
+
+
+def check_portable_staging(options: Any) -> None:
+    """Refuse packages to stage on a portable runner whose harnesses run in an environment
+    already installed (PROCESS, EXTERNAL): pipelines/sdk_boot.py starts the harness as it
+    is and installs nothing, so they would be silently left out. Docker images install
+    them (Beam's boot does)."""
+    from apache_beam.options.pipeline_options import PortableOptions, SetupOptions
+
+    if not is_portable_runner(runner_name(options)):
+        return
+    environment = (options.view_as(PortableOptions).environment_type or "").upper()
+    if environment not in ("PROCESS", "EXTERNAL", "LOOPBACK"):
+        return
+    setup = options.view_as(SetupOptions)
+    staged = [
+        flag
+        for flag, value in (
+            ("--requirements_file", setup.requirements_file),
+            ("--extra_package", setup.extra_packages),
+            ("--setup_file", setup.setup_file),
+        )
+        if value
+    ]
+    if staged:
+        raise CurateError(
+            f"{', '.join(staged)}: the {environment} environment's harnesses run in an "
+            "environment already set up (pipelines/sdk_boot.py installs nothing); install "
+            "the packages on every worker node (docs/flink.md), or use --environment_type DOCKER"
+        )
 
 
 def check_s3_credentials(options: Any, paths: list[str]) -> None:

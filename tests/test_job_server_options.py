@@ -140,3 +140,21 @@ def test_portable_runners_fuse_in_python_and_keep_harnesses(typed, experiments, 
     fuse_in_python(options)
     assert options.view_as(DebugOptions).experiments == experiments
     assert int(options.view_as(PortableOptions).environment_cache_millis or 0) == cache_ms
+
+
+@pytest.mark.parametrize(
+    "staged",
+    [
+        ["--requirements_file=req.txt"],
+        ["--extra_package=dist/x.tar.gz"],
+        ["--setup_file=./setup.py"],
+    ],
+)
+def test_packages_to_stage_are_refused_where_the_harness_installs_nothing(staged) -> None:
+    from pipelines.runtime import pipeline_options
+
+    flink = ["--runner=FlinkRunner", "--environment_type=EXTERNAL", "--environment_config=h:1"]
+    with pytest.raises(CurateError, match="installs nothing"):
+        pipeline_options([*flink, *staged])
+    # Docker's boot installs them.
+    pipeline_options(["--runner=FlinkRunner", "--environment_type=DOCKER", *staged])
