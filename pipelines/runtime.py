@@ -299,7 +299,7 @@ def check_portable_staging(options: Any) -> None:
     if not is_portable_runner(runner_name(options)):
         return
     environment = (options.view_as(PortableOptions).environment_type or "").upper()
-    if environment not in ("PROCESS", "EXTERNAL", "LOOPBACK"):
+    if environment not in ("PROCESS", "EXTERNAL"):
         return
     setup = options.view_as(SetupOptions)
     staged = [
