@@ -12,7 +12,7 @@ import glob
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -21,7 +21,6 @@ from curation.record import Rejection
 from filters.evaldup import EvalFeatures, EvalMatchIndex, compute_eval_features
 from filters.image import read_header
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # The pixel limit for eval images: evaluation sets are trusted, but a bomb in a folder given
 # by mistake must not take the machine's memory (ImageNet's largest is ~ 2.5e7 pixels).
 MAX_EVAL_PIXELS = 1 << 28
@@ -59,26 +58,27 @@ def read_source(source: str) -> Iterator[tuple[str, bytes]]:
         yield from _read_tar(set_name or _tar_stem(path), path)
     elif os.path.isdir(path):
         root = os.path.abspath(path)
-        yield from _read_files(set_name or os.path.basename(root), root, _images_under(root))
+        yield from _read_files(set_name or os.path.basename(root), root, _files_under(root))
     else:
-        # A folder the glob matches is read as a folder (`evalsets/*` names the sets'
-        # folders); a file it matches is read whatever its name, and reported if unreadable.
+        # A folder the glob matches is read as a folder (`evalsets/*` names the sets' folders).
         matches = glob.glob(path, recursive=True)
         files = [f for f in matches if os.path.isfile(f)]
-        files += [f for d in matches if os.path.isdir(d) for f in _images_under(d)]
+        files += [f for d in matches if os.path.isdir(d) for f in _files_under(d)]
         if not files:
             raise FileNotFoundError(f"no eval images match {path!r}")
         root = _glob_root(path)
-        yield from _read_files(set_name or os.path.basename(root), root, sorted(set(files)))
+        yield from _read_files(set_name or os.path.basename(root), root, set(files))
 
 
-def _images_under(folder: str) -> list[str]:
-    """Every image file under a folder, by its name's suffix, at any depth."""
+def _files_under(folder: str) -> list[str]:
+    """Every file under a folder at any depth but hidden ones: an image is known by its
+    bytes, not its name (a .jfif or a name without a suffix is read too), and a file that
+    is not one is reported as skipped, never passed over in silence."""
     return [
         os.path.join(parent, f)
         for parent, _, names in os.walk(folder)
         for f in names
-        if f.lower().endswith(IMAGE_SUFFIXES)
+        if not f.startswith(".")
     ]
 
 
@@ -93,7 +93,7 @@ def _glob_root(pattern: str) -> str:
     return os.sep.join(fixed) or os.sep
 
 
-def _read_files(set_name: str, root: str, files: list[str]) -> Iterator[tuple[str, bytes]]:
+def _read_files(set_name: str, root: str, files: Iterable[str]) -> Iterator[tuple[str, bytes]]:
     for path in sorted(files, key=lambda f: os.path.relpath(os.path.abspath(f), root)):
         relative = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
         with open(path, "rb") as fh:
@@ -104,7 +104,7 @@ def _read_tar(set_name: str, path: str) -> Iterator[tuple[str, bytes]]:
     # "r|*": a stream, member after member, whatever the compression; no index is read first.
     with tarfile.open(path, "r|*") as archive:
         for member in archive:
-            if not member.isfile() or not member.name.lower().endswith(IMAGE_SUFFIXES):
+            if not member.isfile() or os.path.basename(member.name).startswith("."):
                 continue
             fh = archive.extractfile(member)
             if fh is None:

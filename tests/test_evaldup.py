@@ -315,7 +315,8 @@ def test_index_build_reports_unreadable_files_and_refuses_clashing_names(tmp_pat
     (tmp_path / "set" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
     summary = build_eval_index([str(tmp_path / "set")], str(tmp_path / "x.npz"))
     assert summary.entries == 2
-    assert [name for name, _ in summary.skipped] == ["set/broken.jpg"]
+    # Every file is read; what is not an image is named, whatever its suffix.
+    assert [name for name, _ in summary.skipped] == ["set/broken.jpg", "set/notes.txt"]
     assert summary.per_set == {"set": 2}
     with pytest.raises(ValueError, match="both named"):
         build_eval_index([str(tmp_path / "set"), str(tmp_path / "set")], str(tmp_path / "y.npz"))
@@ -385,14 +386,18 @@ def test_no_false_positive_among_distinct_shared_pictures() -> None:
 
 def test_a_glob_reads_the_folders_it_matches(tmp_path: Path) -> None:
     """`evalsets/*` over a folder of sets and a README: every set's images, at any depth,
-    and the README reported as skipped, not the sets dropped."""
+    and the files that are not images reported as skipped, not the sets dropped."""
     _write_pictures(tmp_path / "evalsets" / "coco", count=2)
     _write_pictures(tmp_path / "evalsets" / "imagenet" / "val", count=2)
     (tmp_path / "evalsets" / "SOURCES.md").write_text("where the photos come from\n")
     summary = build_eval_index([str(tmp_path / "evalsets" / "*")], str(tmp_path / "i.npz"))
     assert summary.entries == 4
     assert summary.per_set == {"evalsets": 4}
-    assert [name for name, _ in summary.skipped] == ["evalsets/SOURCES.md"]
+    assert [name for name, _ in summary.skipped] == [
+        "evalsets/SOURCES.md",
+        "evalsets/coco/notes.txt",
+        "evalsets/imagenet/val/notes.txt",
+    ]
 
 
 def test_no_usable_image_writes_no_index(tmp_path: Path) -> None:
@@ -401,3 +406,12 @@ def test_no_usable_image_writes_no_index(tmp_path: Path) -> None:
     summary = build_eval_index([str(tmp_path / "set")], str(tmp_path / "x.npz"))
     assert summary.entries == 0 and len(summary.skipped) == 1
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_an_image_is_known_by_its_bytes_not_its_name(tmp_path: Path) -> None:
+    """A .jfif or a name without a suffix in an eval folder is indexed, not passed over."""
+    paths = _write_pictures(tmp_path / "set", count=2)
+    paths[0].rename(tmp_path / "set" / "img_000.jfif")
+    paths[1].rename(tmp_path / "set" / "img_001")
+    summary = build_eval_index([str(tmp_path / "set")], str(tmp_path / "i.npz"))
+    assert summary.entries == 2
