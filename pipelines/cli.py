@@ -360,7 +360,7 @@ def _launch(
         interval = 0
     with Reporter(interval=interval):
         execute()
-    text, ok, empty = summarize(args.output)
+    text, ok, empty = summarize(args.output, cfg.formats)
     print(text)
     if empty:  # the files are written (and balance), but there is nothing in them
         print(f"curate: error: {empty}", file=sys.stderr)

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import re
+from collections.abc import Iterable
 
 from curation import reasons
 from curation.report import REPORT_FILE, SAMPLES_FILE
@@ -23,6 +24,7 @@ SHARDS_DIR = "shards"  # Parquet shards; the other formats go to OUTPUT/<format>
 REJECTS_DIR = "rejects"
 DEAD_LETTER_DIR = "dead_letter"
 FORMAT_DIRS = {"parquet": SHARDS_DIR, "tfrecord": "tfrecord", "webdataset": "webdataset"}
+MANIFEST_FILE = "_manifest.json"  # in each shard folder, written once its shards are
 # Everything a run may leave in its folder (a spool of a run that died aside).
 RUN_NAMES = (
     CONFIG_FILE,
@@ -117,32 +119,36 @@ def written_formats(output: str) -> list[str]:
     return [
         fmt
         for fmt, folder in FORMAT_DIRS.items()
-        if FileSystems.exists(join(output, folder, "_manifest.json"))
+        if FileSystems.exists(join(output, folder, MANIFEST_FILE))
     ]
 
 
-def summarize(output: str) -> tuple[str, bool, str | None]:
-    """The end-of-run summary, whether the files satisfy extracted = kept + rejected, and
-    why the run has no candidate at all (None when it has some).
+def summarize(output: str, formats: Iterable[str] = ()) -> tuple[str, bool, str | None]:
+    """The end-of-run summary, whether the files satisfy extracted = kept + rejected (and
+    every format in `formats`, those the run was asked for, is written), and why the run
+    has no candidate at all (None when it has some).
 
     Kept records are counted from the files of one format written (Parquet's footers when
     there is Parquet: a read of each footer, where a tar or a TFRecord file is walked record
     by record, slow on an object store); every other format's manifest must agree."""
     stats = json.loads(read_bytes(join(output, STATS_FILE)))
     totals = stats["totals"]
-    formats = written_formats(output)
+    written = written_formats(output)
+    missing = [fmt for fmt in formats if fmt not in written]
+    formats = written
     kept_by_format = {}
     if formats:
         counted = "parquet" if "parquet" in formats else formats[0]
         kept_by_format[counted] = record_count(join(output, FORMAT_DIRS[counted]), counted)
         for fmt in formats:
             if fmt != counted:
-                manifest = read_bytes(join(output, FORMAT_DIRS[fmt], "_manifest.json"))
+                manifest = read_bytes(join(output, FORMAT_DIRS[fmt], MANIFEST_FILE))
                 kept_by_format[fmt] = json.loads(manifest)["total"]
     kept = next(iter(kept_by_format.values()), 0)
     rejected = record_count(join(output, REJECTS_DIR))
     ok = (
-        bool(kept_by_format)
+        not missing
+        and bool(kept_by_format)
         and len(set(kept_by_format.values())) == 1
         and totals["extracted"] == kept + rejected
         and kept == totals["kept"]
@@ -158,6 +164,8 @@ def summarize(output: str) -> tuple[str, bool, str | None]:
             f"DEAD LETTERS (exceptions, see {output}/{DEAD_LETTER_DIR}/): "
             f"{_fmt(stats['dead_letter'])}"
         )
+    if missing:
+        lines.append(f"formats asked for but not written (no {MANIFEST_FILE}): {missing}")
     if len(set(kept_by_format.values())) > 1:
         lines.append(f"the formats disagree on the kept records: {_fmt(kept_by_format)}")
     mark = "OK" if ok else "MISMATCH"

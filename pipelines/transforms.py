@@ -38,6 +38,7 @@ from pipelines.io import (
     write_atomic,
     write_shard_file,
 )
+from pipelines.outputs import MANIFEST_FILE
 from pipelines.tags import KEPT, REJECTED, TALLY, reject
 
 Tally = tuple[str, str, int]  # (stage, name, n)
@@ -272,7 +273,7 @@ def _finish_shards(
         if not mine:
             # An empty result still gets one (empty) shard, so readers find a file.
             mine = [write_shard_file(directory, 0, fmt, [], schema)]
-        write_atomic(join(directory, "_manifest.json"), manifest_json(mine))
+        write_atomic(join(directory, MANIFEST_FILE), manifest_json(mine))
         if fmt == "webdataset":
             write_atomic(join(directory, "sizes.json"), sizes_json(mine))
         remove_stale_temporaries(directory)

@@ -527,3 +527,16 @@ def test_s3_paths_without_credentials_fail_at_once(tmp_path, capsys, monkeypatch
     args = ["--input", "s3://bucket/crawl/*.warc.gz", "--output", str(tmp_path / "out")]
     assert run_cli(*args) == 2
     assert "s3:// paths need AWS credentials" in capsys.readouterr().err
+
+
+def test_a_format_asked_for_but_not_written_is_a_mismatch(tmp_path) -> None:
+    from pipelines.outputs import summarize
+
+    out = tmp_path / "out"
+    args = ["--input", str(SAMPLE_WARC), "--output", str(out), "--stop-after", "extract"]
+    assert run_cli(*args) == 0
+    text, ok, _ = summarize(str(out), ["parquet"])
+    assert ok and "invariant OK" in text
+    text, ok, _ = summarize(str(out), ["parquet", "webdataset"])
+    assert not ok
+    assert "formats asked for but not written (no _manifest.json): ['webdataset']" in text
