@@ -356,12 +356,16 @@ def count_records(fmt: str, fh: Any) -> int:
     if fmt == "parquet":
         return pq.ParquetFile(fh).metadata.num_rows
     if fmt == "tfrecord":
+        end = fh.seek(0, io.SEEK_END)
+        fh.seek(0)
         count = 0
         while head := fh.read(12):
             if len(head) < 12:
                 raise ValueError("a TFRecord file cut inside a record header")
             (length,) = struct.unpack("<Q", head[:8])
-            fh.seek(length + 4, io.SEEK_CUR)  # the record and its CRC
+            # The record and its CRC; a seek past the end succeeds, so the end is checked.
+            if fh.seek(length + 4, io.SEEK_CUR) > end:
+                raise ValueError("a TFRecord file cut inside a record")
             count += 1
         return count
     if fmt == "webdataset":

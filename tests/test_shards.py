@@ -407,3 +407,16 @@ def test_write_behind_holds_bounded_bytes_and_the_writers_own_error_wins(
     monkeypatch.setattr(pio.FileSystems, "create", lambda *a, **k: contextlib.nullcontext(Broken()))
     with pytest.raises(ValueError, match="the encoder failed"):
         pio.write_atomic_with(str(tmp_path / "out.bin"), encode)
+
+
+def test_a_cut_tfrecord_file_is_not_counted_as_whole() -> None:
+    import io
+    import struct
+
+    from curation.shards import count_records
+
+    record = b"x" * 100
+    whole = struct.pack("<Q", len(record)) + b"\0" * 4 + record + b"\0" * 4
+    assert count_records("tfrecord", io.BytesIO(whole * 3)) == 3
+    with pytest.raises(ValueError, match="cut inside a record"):
+        count_records("tfrecord", io.BytesIO(whole * 2 + whole[:50]))
