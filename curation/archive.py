@@ -150,9 +150,10 @@ def _responses(
 _RawRecord = tuple[str, str, int, str | None, str | None, int | None, bytes]
 
 
-def _clean_uri(uri: str | None) -> str:
-    # wget 1.21 wraps WARC-Target-URI in <...> (../shared/data/warc/dolma_sample-0000).
-    uri = (uri or "").strip()
+def clean_uri(uri: object) -> str:
+    """A WARC-Target-URI as a URL: wget 1.21 wraps it in <...>
+    (../shared/data/warc/dolma_sample-0000); anything but a string is none."""
+    uri = uri.strip() if isinstance(uri, str) else ""
     if uri.startswith("<") and uri.endswith(">"):
         uri = uri[1:-1].strip()
     return uri
@@ -167,7 +168,7 @@ def _iter_warc_blocks(stream: BinaryIO) -> Iterator[_RawRecord]:
             declared = None
         yield (
             str(record.record_type).rsplit(".", 1)[-1],
-            _clean_uri(h.get("WARC-Target-URI")),
+            clean_uri(h.get("WARC-Target-URI")),
             int(record.stream_pos),
             h.get("WARC-Date"),
             h.get("Content-Type"),
@@ -183,7 +184,7 @@ def _iter_arc_blocks(stream: BinaryIO) -> Iterator[_RawRecord]:
         block = record.raw_stream.read()
         yield (
             "response" if record.rec_type == "response" else record.rec_type,
-            _clean_uri(record.rec_headers.get_header("WARC-Target-URI")),
+            clean_uri(record.rec_headers.get_header("WARC-Target-URI")),
             int(it.get_record_offset()),
             record.rec_headers.get_header("WARC-Date"),
             record.rec_headers.get_header("Content-Type"),

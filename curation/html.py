@@ -8,7 +8,6 @@ decodes entities and survives broken markup the way browsers do.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +35,31 @@ _BOMS = (
 )
 # The HTML spec's prescan looks at the first 1024 bytes; real pages put long <script>s first.
 _PRESCAN_BYTES = 4096
-_URL_STRIP = " \t\n\r\f"
+URL_STRIP = " \t\n\r\f"
+
+
+def resolve_base(page_url: str, href: str | None) -> str:
+    """The URL a page's relative links resolve against: its `<base href>` joined to the
+    page's URL; an empty or unusable one is ignored, as browsers do."""
+    href = (href or "").strip(URL_STRIP)
+    if not href:
+        return page_url
+    try:
+        return urljoin(page_url, href)
+    except ValueError:
+        return page_url
+
+
+def judge_alt(raw_alt: str | None, max_alt_chars: int) -> tuple[str, str | None]:
+    """(alt-text with its whitespace collapsed, None), or ("", reason): no alt attribute
+    (None), one over max_alt_chars, or one empty once collapsed. The order and the reasons
+    every reader of `<img>` tags uses (HTML pages here, WAT links in curation/wat.py)."""
+    if raw_alt is None:
+        return "", reasons.NO_ALT_TEXT
+    if len(raw_alt) > max_alt_chars:
+        return "", reasons.ALT_TEXT_OVERSIZED
+    alt = " ".join(raw_alt.split())
+    return (alt, None) if alt else ("", reasons.EMPTY_ALT_TEXT)
 
 
 def _codec(label: str | None) -> str | None:
@@ -156,10 +179,10 @@ def _split_srcset(srcset: str) -> Iterator[str]:
     # whitespace, and only commas after the descriptor (or trailing the URL) separate.
     pos, n = 0, len(srcset)
     while pos < n:
-        while pos < n and (srcset[pos] in _URL_STRIP or srcset[pos] == ","):
+        while pos < n and (srcset[pos] in URL_STRIP or srcset[pos] == ","):
             pos += 1
         start = pos
-        while pos < n and srcset[pos] not in _URL_STRIP:
+        while pos < n and srcset[pos] not in URL_STRIP:
             pos += 1
         url = srcset[start:pos]
         if not url:
@@ -177,7 +200,7 @@ def _split_srcset(srcset: str) -> Iterator[str]:
 def resolve_image_url(base_url: str, ref: str, max_chars: int) -> tuple[str | None, str | None]:
     """Resolve an image reference against the base URL: (absolute http(s) URL, None) or
     (None, reason)."""
-    ref = ref.strip(_URL_STRIP)
+    ref = ref.strip(URL_STRIP)
     if "\t" in ref or "\n" in ref or "\r" in ref:
         # The URL spec removes tab and newline characters anywhere in the input.
         ref = ref.replace("\t", "").replace("\n", "").replace("\r", "")
@@ -211,7 +234,7 @@ def _image_ref(attrs: dict[str, str | None]) -> str:
                 return url
     for name in LAZY_SRC_ATTRS:
         value = attrs.get(name)
-        if value and value.strip(_URL_STRIP):
+        if value and value.strip(URL_STRIP):
             return value
     return attrs.get("src") or ""
 
@@ -249,14 +272,8 @@ def extract_images(
     if root is not None:
         attrs = root.attributes
         lang = attrs.get("lang") or attrs.get("xml:lang")
-    base_url = page_url
     base = tree.css_first("base[href]")
-    if base is not None:
-        href = (base.attributes.get("href") or "").strip(_URL_STRIP)
-        # An unusable <base> is ignored, as browsers do.
-        if href:
-            with contextlib.suppress(ValueError):
-                base_url = urljoin(page_url, href)
+    base_url = resolve_base(page_url, base.attributes.get("href") if base is not None else None)
     skipped: dict[str, int] = {}
     pairs: list[ImagePair] = []
     seen: set[tuple[str, str]] = set()
@@ -268,24 +285,17 @@ def extract_images(
         else:
             reason = None
             attrs = node.attributes
-            raw_alt = attrs.get("alt", False)
-            if raw_alt is False:
-                reason = reasons.NO_ALT_TEXT
-            elif raw_alt is not None and len(raw_alt) > max_alt_chars:
-                reason = reasons.ALT_TEXT_OVERSIZED
-            else:
-                alt = " ".join((raw_alt or "").split())
-                if not alt:
-                    reason = reasons.EMPTY_ALT_TEXT
-                else:
-                    url, reason = resolve_image_url(base_url, _image_ref(attrs), max_url_chars)
-                    if url is not None:
-                        key = (url, alt)
-                        if key in seen:
-                            reason = reasons.DUPLICATE_ON_PAGE
-                        else:
-                            seen.add(key)
-                            pairs.append(ImagePair(url, alt))
+            raw_alt = attrs.get("alt", False)  # None: `alt` without a value, i.e. empty
+            alt, reason = judge_alt(None if raw_alt is False else raw_alt or "", max_alt_chars)
+            if reason is None:
+                url, reason = resolve_image_url(base_url, _image_ref(attrs), max_url_chars)
+                if url is not None:
+                    key = (url, alt)
+                    if key in seen:
+                        reason = reasons.DUPLICATE_ON_PAGE
+                    else:
+                        seen.add(key)
+                        pairs.append(ImagePair(url, alt))
         if reason is not None:
             skipped[reason] = skipped.get(reason, 0) + 1
     return PageImages(

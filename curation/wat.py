@@ -27,14 +27,19 @@ import json
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any, BinaryIO
-from urllib.parse import urljoin
 
 from fastwarc.warc import ArchiveIterator
 
 from curation import reasons
-from curation.archive import sniff_format
+from curation.archive import clean_uri, sniff_format
 from curation.config import CurationConfig
-from curation.html import HTML_MIME_TYPES, normalize_lang, resolve_image_url
+from curation.html import (
+    HTML_MIME_TYPES,
+    judge_alt,
+    normalize_lang,
+    resolve_base,
+    resolve_image_url,
+)
 from curation.record import SOURCE_WARC, Candidate
 from curation.stats import Funnel
 
@@ -45,7 +50,6 @@ SOURCE_WAT = "wat"
 WAT_SUFFIXES = (".warc.wat.gz", ".wat.gz", ".wat")
 IMG_SRC_PATH = "IMG@/src"
 _LANG_METAS = ("HTML@/lang", "HTML@/xml:lang")  # in html.py's order of preference
-_URL_STRIP = " \t\n\r\f"
 _READ, _EXTRACT = reasons.STAGE_READ, reasons.STAGE_EXTRACT
 
 
@@ -122,8 +126,9 @@ def _page_candidates(
     funnel.add(_READ, reasons.HTML_PAGES)
     html = _obj(html)
     head = _obj(html.get("Head"))
-    page_url = _clean_uri(warc.get("WARC-Target-URI"))
-    base_url = _base_url(page_url, head.get("Base"))
+    page_url = clean_uri(warc.get("WARC-Target-URI"))
+    base = head.get("Base")
+    base_url = resolve_base(page_url, base if isinstance(base, str) else None)
     lang = normalize_lang(_html_lang(head)) or normalize_lang(_header(headers, "content-language"))
     crawl_date = warc.get("WARC-Date")
     seen: set[tuple[str, str]] = set()
@@ -165,28 +170,13 @@ def _judge_image(
 ) -> tuple[str | None, str, str | None]:
     """(image URL, alt-text, None) or (None, "", reason) for one IMG@/src link, decided in
     the order and with the reasons of curation/html.py's `extract_images`."""
-    if not isinstance(raw_alt, str):
-        return None, "", reasons.NO_ALT_TEXT
-    if len(raw_alt) > cfg.max_alt_chars:
-        return None, "", reasons.ALT_TEXT_OVERSIZED
-    alt = " ".join(raw_alt.split())
-    if not alt:
-        return None, "", reasons.EMPTY_ALT_TEXT
+    alt, reason = judge_alt(raw_alt if isinstance(raw_alt, str) else None, cfg.max_alt_chars)
+    if reason is not None:
+        return None, "", reason
     url, reason = resolve_image_url(
         base_url, ref if isinstance(ref, str) else "", cfg.max_url_chars
     )
     return url, alt, reason
-
-
-def _base_url(page_url: str, base: Any) -> str:
-    # As html.py: an empty or unusable <base href> is ignored, as browsers do.
-    href = base.strip(_URL_STRIP) if isinstance(base, str) else ""
-    if not href:
-        return page_url
-    try:
-        return urljoin(page_url, href)
-    except ValueError:
-        return page_url
 
 
 def _html_lang(head: Mapping[str, Any]) -> str | None:
@@ -207,14 +197,6 @@ def _header(headers: Mapping[str, Any], name: str) -> str | None:
         if key.lower() == name:
             return value if isinstance(value, str) else None
     return None
-
-
-def _clean_uri(uri: Any) -> str:
-    # As curation/archive.py: wget wraps WARC-Target-URI in <...>.
-    uri = uri.strip() if isinstance(uri, str) else ""
-    if uri.startswith("<") and uri.endswith(">"):
-        uri = uri[1:-1].strip()
-    return uri
 
 
 def _obj(value: Any) -> dict[str, Any]:
