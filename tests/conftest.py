@@ -69,6 +69,16 @@ def laion_parquet() -> Path:
     return require(LAION_PARQUET)
 
 
+def make_wat(warc: bytes, name: str, date: str) -> bytes:
+    """scripts/make_wat.py's WAT of a WARC (the script is not a package module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_wat", ROOT / "scripts" / "make_wat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_wat(warc, name, date)
+
+
 def archive_files() -> list[Path]:
     """Every archive in ../shared/data/warc (empty when absent)."""
     if not WARC_DIR.exists():

@@ -11,7 +11,6 @@ number of requests per test is capped.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import re
 import socket
@@ -30,11 +29,7 @@ from curation.config import CurationConfig
 from curation.inputs import input_kind
 from curation.stats import Funnel
 from pipelines.http_filesystem import HttpClient, HttpInputError, HttpReader, HttpSettings
-from tests.conftest import ROOT, WARC_DIR, require, running
-
-_spec = importlib.util.spec_from_file_location("make_wat", ROOT / "scripts" / "make_wat.py")
-_make_wat = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_make_wat)
+from tests.conftest import WARC_DIR, make_wat, require, running
 
 CRAWL = "crawl-data/CC-MAIN-2024-22"
 ARCHIVES = ("resiliparse_warcfile.warc.gz", "dolma_sample-0000.warc.gz")
@@ -149,7 +144,7 @@ def crawl() -> dict[str, bytes]:
         path = f"{CRAWL}/segments/1716{i}/warc/{name}"
         files["/" + path] = require(WARC_DIR / name).read_bytes()
         listed.append(path)
-    wat = _make_wat.make_wat(files["/" + listed[1]], ARCHIVES[1], "2024-01-01T00:00:00Z")
+    wat = make_wat(files["/" + listed[1]], ARCHIVES[1], "2024-01-01T00:00:00Z")
     wat_path = f"{CRAWL}/segments/17161/wat/dolma_sample-0000.warc.wat.gz"
     files["/" + wat_path] = wat
     listed.append(wat_path)

@@ -9,7 +9,6 @@ every shared WARC.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import json
 from collections.abc import Iterator
@@ -29,12 +28,7 @@ from curation.html import HTML_MIME_TYPES, LAZY_SRC_ATTRS, LAZY_SRCSET_ATTRS, de
 from curation.inputs import input_kind
 from curation.stats import Funnel
 from curation.wat import SOURCE_WAT, candidates_from_wat
-from tests.conftest import ROOT, WARC_DIR, archive_files, require, serve
-
-_spec = importlib.util.spec_from_file_location("make_wat", ROOT / "scripts" / "make_wat.py")
-make_wat_module = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_wat_module)
-make_wat = make_wat_module.make_wat
+from tests.conftest import WARC_DIR, archive_files, make_wat, require, serve
 
 CFG = CurationConfig()
 REAL_WARC = WARC_DIR / "cc-whirlwind_whirlwind.warc.gz"
