@@ -16,36 +16,29 @@ sinks) with when each started and how long it ran.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import FLINK_LOCAL as FLINK
+from common import flink_rest
 from images_corpus import real_images, source_photos
 from images_e2e import Tool, corpus, ours, ours_kept, whole_runs
 
-REST = "http://127.0.0.1:8081"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COMMON = ["--nsfw", "false", "--progress-interval", "0"]
 
 
-def _get(path: str) -> dict:
-    with urllib.request.urlopen(REST + path, timeout=10) as response:
-        return json.load(response)
-
-
 def flink_jobs(but: set[str]) -> list[dict]:
     """The cluster's jobs but those named, oldest first."""
-    jobs = [j for j in _get("/jobs/overview")["jobs"] if j["jid"] not in but]
+    jobs = [j for j in flink_rest("/jobs/overview")["jobs"] if j["jid"] not in but]
     return sorted(jobs, key=lambda j: j["start-time"])
 
 
 def vertex_table(job_id: str) -> str:
-    job = _get(f"/jobs/{job_id}")
+    job = flink_rest(f"/jobs/{job_id}")
     start = job["start-time"]
     lines = [
         "| task (Flink vertex; Beam stages fused into it) | starts at s | runs s | records in |",
@@ -77,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         Tool("Flink (2 TaskManagers, parallelism 2)", ours([*COMMON, *FLINK, *extra]), ours_kept),
         Tool("in-memory runner", ours(COMMON), ours_kept),
     ]
-    before = {j["jid"] for j in _get("/jobs/overview")["jobs"]}
+    before = {j["jid"] for j in flink_rest("/jobs/overview")["jobs"]}
     res = whole_runs(args.n, args.hosts, args.rounds, args.timeout, work, folder, tools)
     jobs = flink_jobs(before)
     flink_name, local_name = tools[0].name, tools[1].name

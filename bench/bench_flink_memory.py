@@ -14,7 +14,6 @@ tree. The target (issue #21): peak per worker within 1.5x from 10^5 to 10^6 cand
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import FLINK_LOCAL as FLINK
+from common import flink_rest
 from gen_candidates import write_table
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -104,14 +104,8 @@ def growth_by_task(timeline: list[tuple[float, int]], top: int = 8) -> str:
     """The Flink tasks of the cluster's newest job during which the largest harness grew
     most: RSS when the task started, and the most while it ran. Tasks overlap in time, so
     this points at stages rather than proving one."""
-    import urllib.request
-
-    def get(path: str) -> dict:
-        with urllib.request.urlopen("http://127.0.0.1:8081" + path, timeout=10) as response:
-            return json.load(response)
-
-    jobs = get("/jobs/overview")["jobs"]
-    job = get(f"/jobs/{max(jobs, key=lambda j: j['start-time'])['jid']}")
+    jobs = flink_rest("/jobs/overview")["jobs"]
+    job = flink_rest(f"/jobs/{max(jobs, key=lambda j: j['start-time'])['jid']}")
     rows = []
     for v in job["vertices"]:
         start, end = v["start-time"], v["start-time"] + v["duration"]

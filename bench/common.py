@@ -13,6 +13,7 @@ from pathlib import Path
 BENCHMARKS_MD = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
 # The Beam options that run a pipeline on the cluster scripts/flink-local.sh starts: its job
 # server, two TaskManagers, SDK harnesses from its worker pool.
+FLINK_REST = "http://127.0.0.1:8081"
 FLINK_LOCAL = [
     "--runner=FlinkRunner",
     "--job_endpoint=localhost:8099",
@@ -62,3 +63,12 @@ def machine(packages: Iterable[str] = ()) -> str:
     line += f"Python {platform.python_version()}"
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in packages)
     return f"{line}; {versions}" if versions else line
+
+
+def flink_rest(path: str) -> dict:
+    """A GET of the local Flink cluster's REST API (e.g. /jobs/overview), as JSON."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(FLINK_REST + path, timeout=10) as response:
+        return json.load(response)

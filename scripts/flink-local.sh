@@ -253,24 +253,26 @@ port_open() { ! port_free "$1"; }
 
 start() {
   command -v java >/dev/null || die "java is needed (Java 11 or 17)"
+  command -v curl >/dev/null || die "curl is needed (to ask the REST API for the TaskManagers)"
   [ -x "$PYTHON" ] || die "no Python at $PYTHON (set CURATE_PYTHON, or make the venv)"
   "$PYTHON" -c 'import apache_beam' 2>/dev/null || die "$PYTHON has no apache_beam"
   mkdir -p "$RUN"
   fetch_flink
   fetch_job_server
-  local started=0 name port
+  local started=0 name port ports
   for name in "${COMPONENTS[@]}"; do
     if alive "$name"; then continue; fi
     rm -f "$RUN/$name.pid"
     case "$name" in
-      jobmanager) port=$REST_PORT ;;
-      jobserver) port=$JOB_PORT ;;
-      workerpool) port=$WORKER_POOL_PORT ;;
-      *) port="" ;;
+      jobmanager) ports="$REST_PORT $JM_RPC_PORT" ;;
+      jobserver) ports="$JOB_PORT $ARTIFACT_PORT" ;;
+      workerpool) ports=$WORKER_POOL_PORT ;;
+      *) ports="" ;;
     esac
-    if [ -n "$port" ] && ! port_free "$port"; then
-      die "port $port is taken by a process this script did not start; stop it first"
-    fi
+    for port in $ports; do
+      port_free "$port" ||
+        die "port $port is taken by a process this script did not start; stop it first"
+    done
   done
   write_conf
   write_sdk_boot
