@@ -46,7 +46,7 @@ def test_a_run_off_the_local_runners_says_where_progress_is(tmp_path, capsys, mo
     def execute() -> None:
         seen["env"] = os.environ.get(progress.ENV)
 
-    monkeypatch.setattr("pipelines.outputs.summarize", lambda output: ("", True, None))
+    monkeypatch.setattr("pipelines.outputs.summarize", lambda *args: ("", True, None))
     args = cli.build_parser().parse_args(
         ["run", "--input", "x", "--output", str(tmp_path / "out"), "--progress-interval", "1"]
     )
